@@ -1,0 +1,233 @@
+"""`scratchbot` command line: parse arguments, call library code, turn user errors into one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm.model import GPTModel
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Imported lazily so `scratchbot --help` stays fast (torch takes seconds to import).
+    from llm.checkpoints import CheckpointError
+    from llm.config import ConfigError
+    from llm.generate import PromptTooLongError
+    from llm.tokenizer import TokenizerAssetError
+
+    return (UserError, CheckpointError, ConfigError, PromptTooLongError, TokenizerAssetError, FileNotFoundError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generate
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a checkpoint", description=cmd_generate.__doc__)
+    p.add_argument("prompt", help="the instruction (or, with --raw, the whole prompt); '-' reads standard input")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or Hugging Face directory")
+    p.add_argument("--raw", action="store_true", help="send PROMPT as it is, without the Alpaca template")
+    p.add_argument("--input", default="", help="the Input section of the Alpaca template")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
+    p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
+    p.add_argument("--no-truncate", action="store_true", help="refuse a prompt too long for the context")
+    _add_runtime_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "int8"),
+        help="fp32 (exact), bf16, or int8 weight-only quantization (fastest on a CPU)",
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate an answer. Without --raw, PROMPT is the instruction of a chapter-7 Alpaca prompt and only the
+    response is printed. Text streams to the terminal as it is generated."""
+    from llm.generate import SamplingParams, stream_text
+    from llm.prompts import RESPONSE_STOPS, clean_response, render_prompt
+    from llm.tokenizer import Tokenizer
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        params = SamplingParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=tuple(args.stop) + (() if args.raw else RESPONSE_STOPS),
+            overflow="error" if args.no_truncate else "truncate",
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    model = _load_model(args)
+    tokenizer = Tokenizer()
+    text = prompt if args.raw else render_prompt(prompt, args.input)
+    stream = stream_text(model, tokenizer, tokenizer.encode(text), params)
+    if args.json:
+        for _ in stream:
+            pass
+    else:
+        _print_stream(stream, strip=not args.raw)
+    result = stream.result
+    if result.truncated_tokens:
+        print(f"note: the prompt was cut by {result.truncated_tokens} tokens to fit the context", file=sys.stderr)
+    if args.json:
+        out = {
+            "text": result.text if args.raw else clean_response(result.text),
+            "token_ids": result.token_ids,
+            "prompt_tokens": result.prompt_tokens,
+            "new_tokens": result.new_tokens,
+            "seconds": round(result.seconds, 4),
+            "tokens_per_second": round(result.tokens_per_second, 2),
+            "finish_reason": result.finish_reason,
+            "truncated_prompt_tokens": result.truncated_tokens,
+        }
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(
+            f"[{result.new_tokens} tokens in {result.seconds:.2f} s, {result.tokens_per_second:.1f} tokens/s, "
+            f"{result.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _print_stream(stream: Iterable[str], strip: bool) -> None:
+    started = not strip
+    for delta in stream:
+        if not started:
+            delta = delta.lstrip()
+            started = bool(delta)
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+
+def _load_model(args: argparse.Namespace) -> GPTModel:
+    from llm.checkpoints import load_checkpoint
+    from llm.quantize import quantize_model
+
+    loaded = load_checkpoint(args.checkpoint, device=args.device)
+    return quantize_model(loaded.model, args.precision)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between formats")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--format", required=True, choices=("book", "safetensors", "hf"))
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("inspect", help="show a checkpoint's format, config, size and sha256")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("init-model", help="write a randomly initialised model (for trying things and benchmarks)")
+    p.add_argument("preset", help="gpt2-small, gpt2-medium, gpt2-large or gpt2-xl")
+    p.add_argument("dst", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="safetensors", choices=("book", "safetensors", "hf"))
+    p.set_defaults(func=cmd_init_model)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from llm.checkpoints import convert_checkpoint
+
+    convert_checkpoint(args.src, args.dst, args.format)
+    print(f"wrote {args.dst} ({args.format})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from llm.checkpoints import inspect_checkpoint
+
+    info = inspect_checkpoint(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_init_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from llm.checkpoints import save_checkpoint
+    from llm.config import GPTConfig
+    from llm.model import GPTModel
+
+    config = GPTConfig.from_name(args.preset)
+    model = GPTModel(config).init_weights(torch.Generator().manual_seed(args.seed))
+    save_checkpoint(model, args.dst, format=args.format, metadata={"origin": f"random init, seed {args.seed}"})
+    print(f"wrote {args.dst}: {args.preset}, {model.num_parameters:,} parameters, random weights (seed {args.seed})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_generate, _add_checkpoint_commands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scratchbot", description="A chatbot whose brain is a from-scratch GPT-2.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to standard error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            print(f"scratchbot: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
