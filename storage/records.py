@@ -1,0 +1,160 @@
+"""The plain, frozen values the Store takes and returns. Callers never see ORM objects, so nothing lazy-loads later,
+outside the session, in the middle of a reply."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from storage.models import ID_LENGTH, Role
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DM_TENANT_PREFIX",
+    "AddedMessage",
+    "AuditRecord",
+    "CheckpointLoadRecord",
+    "ConversationKey",
+    "ConversationRecord",
+    "Generation",
+    "RetentionResult",
+    "Role",
+    "StoredMessage",
+    "check_id",
+    "check_sha256",
+    "check_text",
+    "dm_tenant",
+]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Direct messages belong to the user, not to a guild or workspace. Keying them by this tenant keeps them apart from
+# every guild's history and lets `forget_user` remove the whole conversation, the bot's replies included.
+DM_TENANT_PREFIX = "dm:"
+
+
+def dm_tenant(user_id: str) -> str:
+    """The tenant under which to file a direct conversation with `user_id`."""
+    return DM_TENANT_PREFIX + check_id("user_id", user_id)
+
+
+def check_id(name: str, value: str, *, allow_empty: bool = False) -> str:
+    """`value` if it is usable as a platform identifier, else a ValueError that names the field."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > ID_LENGTH:
+        raise ValueError(f"{name} is {len(value)} characters long; platform identifiers are at most {ID_LENGTH}")
+    return value
+
+
+def check_text(text: str) -> str:
+    """`text` if every backend can store it exactly; otherwise a ValueError rather than a silently altered text."""
+    if not isinstance(text, str):
+        raise TypeError(f"message text must be a str, got {type(text).__name__}")
+    if "\x00" in text:
+        # PostgreSQL text cannot hold U+0000; refusing it everywhere keeps SQLite and PostgreSQL alike.
+        raise ValueError("message text contains a NUL character (U+0000), which the database cannot store; remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"message text is not valid Unicode (a lone surrogate at position {e.start}); "
+            "decode the platform's payload as UTF-8 before storing it"
+        ) from None
+    return text
+
+
+def check_sha256(digest: str) -> str:
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a SHA-256 digest (64 lowercase hex digits, as hashlib's hexdigest())")
+    return digest
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    """Where a conversation happens. `thread` is "" for the channel itself. For a DM, use `dm_tenant(user_id)`."""
+
+    platform: str  # "discord", "slack", "console"
+    tenant: str  # guild id / workspace (team) id, or dm_tenant(user)
+    channel: str  # channel id (a DM channel's id for DMs)
+    thread: str = ""  # thread id, "" when not in a thread
+
+    def __post_init__(self) -> None:
+        check_id("platform", self.platform)
+        check_id("tenant", self.tenant)
+        check_id("channel", self.channel)
+        check_id("thread", self.thread, allow_empty=True)
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    id: int
+    key: ConversationKey
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What produced an assistant turn: the checkpoint's file name and digest, and the sampling settings used."""
+
+    checkpoint_name: str
+    checkpoint_sha256: str  # lowercase hex
+    sampling: Mapping[str, Any]  # e.g. {"temperature": 0.7, "top_k": 50, "max_new_tokens": 256, "seed": 1}
+
+    def __post_init__(self) -> None:
+        check_sha256(self.checkpoint_sha256)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int  # increases with insertion; history is ordered by it
+    conversation_id: int
+    role: Role
+    author_id: str
+    text: str
+    created_at: datetime  # aware, UTC
+    platform_message_id: str | None
+    generation: Generation | None  # assistant turns only
+
+
+@dataclass(frozen=True)
+class AddedMessage:
+    message: StoredMessage  # on a duplicate: the row stored the first time, not the retry's copy
+    duplicate: bool  # True when the platform message id was already stored in this conversation
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    messages: int
+    conversations: int
+    events: int
+
+
+@dataclass(frozen=True)
+class CheckpointLoadRecord:
+    id: int
+    name: str
+    sha256: str | None
+    requested_by: str
+    created_at: datetime
+    succeeded: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    created_at: datetime
+    platform: str
+    tenant: str
+    actor_id: str
+    action: str
+    target: str
+    detail: Mapping[str, Any]

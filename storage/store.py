@@ -1,0 +1,415 @@
+"""`Store`: the one storage API the rest of scratchbot uses. Every method is one transaction and returns plain values.
+
+Writes that may race (a platform retrying an event, two bot processes, concurrent messages in a new channel) are made
+idempotent with INSERT ... ON CONFLICT DO NOTHING, which SQLite and PostgreSQL both speak, instead of catching
+integrity errors: a failed statement would abort the whole PostgreSQL transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Delete, delete, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from storage.db import DEFAULT_DATABASE_URL, READ_ONLY, create_engine
+from storage.migrate import upgrade_database
+from storage.models import (
+    AuditEntry,
+    ChannelSetting,
+    CheckpointLoad,
+    Conversation,
+    Message,
+    ProcessedEvent,
+    Role,
+    utc_now,
+)
+from storage.records import (
+    AddedMessage,
+    AuditRecord,
+    CheckpointLoadRecord,
+    ConversationKey,
+    ConversationRecord,
+    Generation,
+    RetentionResult,
+    StoredMessage,
+    check_id,
+    check_sha256,
+    check_text,
+    dm_tenant,
+)
+
+log = logging.getLogger(__name__)
+
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+@asynccontextmanager
+async def open_store(url: str | URL = DEFAULT_DATABASE_URL) -> AsyncIterator[Store]:
+    """The start-up path: connect, bring the schema to head (or refuse a newer one), and close the pool at exit."""
+    engine = create_engine(url)
+    try:
+        await upgrade_database(engine)
+        yield Store(engine)
+    finally:
+        await engine.dispose()
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._insert = _INSERTS[engine.dialect.name]
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(engine.execution_options(**READ_ONLY), expire_on_commit=False)
+
+    # -- conversations and messages ------------------------------------------------------------------------------
+
+    async def get_or_create_conversation(self, key: ConversationKey) -> ConversationRecord:
+        async with self._sessions.begin() as session:
+            row = await self._conversation(session, key)
+            return ConversationRecord(id=row.id, key=key, created_at=row.created_at)
+
+    async def add_message(
+        self,
+        key: ConversationKey,
+        *,
+        role: Role | str,
+        author_id: str,
+        text: str,
+        platform_message_id: str | None = None,
+        generation: Generation | None = None,
+        created_at: datetime | None = None,
+    ) -> AddedMessage:
+        """Store one turn, creating the conversation if needed. A turn whose `platform_message_id` is already stored
+        in this conversation is not stored again: the result says `duplicate` and carries the first copy."""
+        role = Role(role)
+        if role is Role.USER and generation is not None:
+            raise ValueError("a user turn has no generation settings; pass `generation` for assistant turns only")
+        values: dict[str, Any] = {
+            "role": role,
+            "author_id": check_id("author_id", author_id),
+            "text": check_text(text),
+            "created_at": _utc(created_at) if created_at is not None else utc_now(),
+            "platform_message_id": (
+                check_id("platform_message_id", platform_message_id) if platform_message_id is not None else None
+            ),
+            "checkpoint_name": generation.checkpoint_name if generation else None,
+            "checkpoint_sha256": generation.checkpoint_sha256 if generation else None,
+            "sampling": dict(generation.sampling) if generation else None,
+        }
+        async with self._sessions.begin() as session:
+            conversation_id = (await self._conversation(session, key)).id
+            inserted = await session.scalar(
+                self._insert(Message)
+                .values(conversation_id=conversation_id, **values)
+                .on_conflict_do_nothing()
+                .returning(Message.id)
+            )
+            if inserted is not None:
+                stored = StoredMessage(
+                    id=inserted, conversation_id=conversation_id, generation=generation, **_record_fields(values)
+                )
+                return AddedMessage(message=stored, duplicate=False)
+            first = await session.scalar(
+                select(Message).where(
+                    Message.conversation_id == conversation_id,
+                    Message.platform_message_id == platform_message_id,
+                )
+            )
+            assert first is not None, "ON CONFLICT skipped the insert, so the conflicting row exists"
+            log.debug("duplicate message %s in conversation %d ignored", platform_message_id, conversation_id)
+            return AddedMessage(message=_message_record(first), duplicate=True)
+
+    async def recent_history(self, key: ConversationKey, limit: int = 20) -> list[StoredMessage]:
+        """The newest `limit` turns of the conversation, oldest first (prompt order); [] for an unknown one."""
+        if limit < 1:
+            raise ValueError(f"history limit must be at least 1, got {limit}")
+        newest_first = (
+            select(Message)
+            .join(Conversation, Message.conversation_id == Conversation.id)
+            .where(*_is_conversation(key))
+            .order_by(Message.id.desc())
+            .limit(limit)
+        )
+        async with self._read_sessions() as session:
+            rows = (await session.scalars(newest_first)).all()
+        return [_message_record(row) for row in reversed(rows)]
+
+    async def delete_message(self, *, platform: str, tenant: str, channel: str, platform_message_id: str) -> int:
+        """Delete a message the platform reports deleted (in any thread of the channel); returns how many rows went."""
+        in_channel = select(Conversation.id).where(
+            Conversation.platform == platform, Conversation.tenant == tenant, Conversation.channel == channel
+        )
+        async with self._sessions.begin() as session:
+            return await _delete(
+                session,
+                delete(Message).where(
+                    Message.conversation_id.in_(in_channel), Message.platform_message_id == platform_message_id
+                ),
+            )
+
+    # -- privacy and retention -----------------------------------------------------------------------------------
+
+    async def forget_user(self, platform: str, user_id: str) -> int:
+        """Delete everything the user wrote on `platform`, in every tenant, and their direct conversations whole
+        (the bot's replies there too). Returns the number of messages deleted. The audit log is kept: it records
+        admins' actions, which must stay accountable."""
+        check_id("user_id", user_id)
+        on_platform = select(Conversation.id).where(Conversation.platform == platform)
+        dms = select(Conversation.id).where(
+            Conversation.platform == platform, Conversation.tenant == dm_tenant(user_id)
+        )
+        async with self._sessions.begin() as session:
+            deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
+            deleted += await _delete(
+                session,
+                delete(Message).where(Message.author_id == user_id, Message.conversation_id.in_(on_platform)),
+            )
+            await self._delete_tenant_rows(session, platform, dm_tenant(user_id))
+        # The user's id stays out of the log on purpose: the log is data too.
+        log.info("forgot a %s user: %d messages deleted", platform, deleted)
+        return deleted
+
+    async def purge_tenant(self, platform: str, tenant: str) -> int:
+        """Delete a tenant's conversations, messages and channel settings (guild left, app uninstalled); returns the
+        number of messages deleted. Direct conversations are separate tenants and are not touched."""
+        check_id("tenant", tenant)
+        in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
+        async with self._sessions.begin() as session:
+            deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
+            await self._delete_tenant_rows(session, platform, tenant)
+        log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
+        return deleted
+
+    async def delete_older_than(self, cutoff: datetime) -> RetentionResult:
+        """Retention: delete messages and processed-event ids from before `cutoff`, and conversations left empty
+        that were created before it. Running it again with the same cutoff deletes nothing more."""
+        cutoff = _utc(cutoff)
+        has_messages = exists().where(Message.conversation_id == Conversation.id)
+        async with self._sessions.begin() as session:
+            result = RetentionResult(
+                messages=await _delete(session, delete(Message).where(Message.created_at < cutoff)),
+                conversations=await _delete(
+                    session, delete(Conversation).where(Conversation.created_at < cutoff, ~has_messages)
+                ),
+                events=await _delete(session, delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff)),
+            )
+        log.info("retention before %s deleted %s", cutoff.isoformat(), result)
+        return result
+
+    # -- channel settings ----------------------------------------------------------------------------------------
+
+    async def get_channel_settings(self, *, platform: str, tenant: str, channel: str) -> dict[str, Any]:
+        """The channel's settings; {} when none were ever set."""
+        async with self._read_sessions() as session:
+            row = await session.get(ChannelSetting, (platform, tenant, channel))
+            return dict(row.settings) if row is not None else {}
+
+    async def update_channel_settings(
+        self, *, platform: str, tenant: str, channel: str, changes: Mapping[str, Any], updated_by: str
+    ) -> dict[str, Any]:
+        """Merge `changes` into the channel's settings (a value of None removes that key) and return the result.
+        Concurrent updates of different keys both survive: the row is locked while it is merged."""
+        check_id("updated_by", updated_by)
+        pk = (check_id("platform", platform), check_id("tenant", tenant), check_id("channel", channel))
+        now = utc_now()
+        async with self._sessions.begin() as session:
+            # Create the row if missing, then lock it: without the lock two PostgreSQL transactions would both merge
+            # into the same old value and the later commit would drop the other's change.
+            await session.execute(
+                self._insert(ChannelSetting)
+                .values(
+                    platform=platform,
+                    tenant=tenant,
+                    channel=channel,
+                    settings={},
+                    updated_by=updated_by,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+            row = await session.get_one(ChannelSetting, pk, with_for_update=True)
+            merged = {k: v for k, v in {**row.settings, **changes}.items() if v is not None}
+            row.settings, row.updated_by, row.updated_at = merged, updated_by, now
+        return dict(merged)
+
+    # -- accountability ------------------------------------------------------------------------------------------
+
+    async def record_checkpoint_load(
+        self, *, name: str, sha256: str | None, requested_by: str, succeeded: bool, detail: str = ""
+    ) -> CheckpointLoadRecord:
+        row = CheckpointLoad(
+            name=check_text(name),
+            sha256=check_sha256(sha256) if sha256 is not None else None,
+            requested_by=check_id("requested_by", requested_by),
+            created_at=utc_now(),
+            succeeded=succeeded,
+            detail=check_text(detail),
+        )
+        async with self._sessions.begin() as session:
+            session.add(row)
+        return _checkpoint_load_record(row)
+
+    async def recent_checkpoint_loads(self, limit: int = 20) -> list[CheckpointLoadRecord]:
+        """Newest first."""
+        async with self._read_sessions() as session:
+            rows = await session.scalars(select(CheckpointLoad).order_by(CheckpointLoad.id.desc()).limit(limit))
+            return [_checkpoint_load_record(row) for row in rows]
+
+    async def record_audit(
+        self,
+        *,
+        platform: str,
+        tenant: str,
+        actor_id: str,
+        action: str,
+        target: str = "",
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Record an admin action, e.g. action="checkpoint.reload", target="gpt2-medium355M-sft.pth"."""
+        if not action or len(action) > 64:
+            raise ValueError(f"audit action must be 1 to 64 characters, got {action!r}")
+        row = AuditEntry(
+            created_at=utc_now(),
+            platform=check_id("platform", platform),
+            tenant=check_id("tenant", tenant),
+            actor_id=check_id("actor_id", actor_id),
+            action=action,
+            target=check_text(target),
+            detail=dict(detail or {}),
+        )
+        async with self._sessions.begin() as session:
+            session.add(row)
+        return _audit_record(row)
+
+    async def audit_entries(
+        self, *, platform: str | None = None, tenant: str | None = None, limit: int = 50
+    ) -> list[AuditRecord]:
+        """Newest first, optionally only one platform's or one tenant's."""
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if platform is not None:
+            query = query.where(AuditEntry.platform == platform)
+        if tenant is not None:
+            query = query.where(AuditEntry.tenant == tenant)
+        async with self._read_sessions() as session:
+            return [_audit_record(row) for row in await session.scalars(query)]
+
+    # -- platform event de-duplication ---------------------------------------------------------------------------
+
+    async def mark_event_processed(self, platform: str, event_id: str) -> bool:
+        """True the first time an event id is seen, False for every redelivery, across all bot processes."""
+        row = {"platform": check_id("platform", platform), "event_id": check_id("event_id", event_id)}
+        async with self._sessions.begin() as session:
+            inserted = await session.scalar(
+                self._insert(ProcessedEvent)
+                .values(**row, processed_at=utc_now())
+                .on_conflict_do_nothing()
+                .returning(ProcessedEvent.event_id)
+            )
+        return inserted is not None
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> Conversation:
+        """Get or create. Race-safe: a concurrent creator makes our insert a no-op and the second select finds its
+        row (SQLite serialises writers anyway; PostgreSQL's ON CONFLICT waits for the other transaction)."""
+        query = select(Conversation).where(*_is_conversation(key))
+        row = await session.scalar(query)
+        if row is None:
+            await session.execute(
+                self._insert(Conversation)
+                .values(
+                    platform=key.platform,
+                    tenant=key.tenant,
+                    channel=key.channel,
+                    thread=key.thread,
+                    created_at=utc_now(),
+                )
+                .on_conflict_do_nothing()
+            )
+            row = (await session.scalars(query)).one()
+        return row
+
+    async def _delete_tenant_rows(self, session: AsyncSession, platform: str, tenant: str) -> None:
+        # The callers delete (and count) the messages first; ON DELETE CASCADE is only the safety net.
+        await session.execute(
+            delete(Conversation).where(Conversation.platform == platform, Conversation.tenant == tenant)
+        )
+        await session.execute(
+            delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.tenant == tenant)
+        )
+
+
+def _is_conversation(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
+    return (
+        Conversation.platform == key.platform,
+        Conversation.tenant == key.tenant,
+        Conversation.channel == key.channel,
+        Conversation.thread == key.thread,
+    )
+
+
+async def _delete(session: AsyncSession, statement: Delete) -> int:
+    # The session holds no objects we would need to keep in sync, so skip the ORM's bookkeeping.
+    result = await session.execute(statement.execution_options(synchronize_session=False))
+    return result.rowcount  # type: ignore[attr-defined]
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {moment.isoformat()} has no timezone; pass an aware datetime, e.g. in UTC")
+    return moment.astimezone(UTC)
+
+
+def _record_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in ("role", "author_id", "text", "created_at", "platform_message_id")}
+
+
+def _message_record(row: Message) -> StoredMessage:
+    generation = None
+    if row.checkpoint_sha256 is not None:
+        generation = Generation(
+            checkpoint_name=row.checkpoint_name or "",
+            checkpoint_sha256=row.checkpoint_sha256,
+            sampling=row.sampling or {},
+        )
+    return StoredMessage(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=row.role,
+        author_id=row.author_id,
+        text=row.text,
+        created_at=row.created_at,
+        platform_message_id=row.platform_message_id,
+        generation=generation,
+    )
+
+
+def _checkpoint_load_record(row: CheckpointLoad) -> CheckpointLoadRecord:
+    return CheckpointLoadRecord(
+        id=row.id,
+        name=row.name,
+        sha256=row.sha256,
+        requested_by=row.requested_by,
+        created_at=row.created_at,
+        succeeded=row.succeeded,
+        detail=row.detail,
+    )
+
+
+def _audit_record(row: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        id=row.id,
+        created_at=row.created_at,
+        platform=row.platform,
+        tenant=row.tenant,
+        actor_id=row.actor_id,
+        action=row.action,
+        target=row.target,
+        detail=dict(row.detail),
+    )
