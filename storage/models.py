@@ -62,9 +62,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"timestamp {value.isoformat()} has no timezone; pass an aware datetime, e.g. in UTC")
-        value = value.astimezone(UTC)
+        value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -75,6 +73,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive datetime is refused, since guessing its zone would shift retention by hours."""
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {moment.isoformat()} has no timezone; pass an aware datetime, e.g. in UTC")
+    return moment.astimezone(UTC)
 
 
 class Role(enum.StrEnum):

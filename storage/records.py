@@ -1,5 +1,5 @@
-"""The plain, frozen values the Store takes and returns. Callers never see ORM objects, so nothing lazy-loads later,
-outside the session, in the middle of a reply."""
+"""The plain, frozen values the Store takes and returns, and their construction from rows. Callers never see ORM
+objects, so nothing lazy-loads later, outside the session, in the middle of a reply."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from storage.models import ID_LENGTH, Role
+from storage.models import ID_LENGTH, AuditEntry, CheckpointLoad, Message, Role
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,13 @@ __all__ = [
     "RetentionResult",
     "Role",
     "StoredMessage",
+    "audit_record",
     "check_id",
     "check_sha256",
     "check_text",
+    "checkpoint_load_record",
     "dm_tenant",
+    "message_record",
 ]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -158,3 +161,44 @@ class AuditRecord:
     action: str
     target: str
     detail: Mapping[str, Any]
+
+
+def message_record(row: Message) -> StoredMessage:
+    generation = None
+    if row.checkpoint_name is not None and row.checkpoint_sha256 is not None:
+        generation = Generation(row.checkpoint_name, row.checkpoint_sha256, row.sampling or {})
+    return StoredMessage(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=row.role,
+        author_id=row.author_id,
+        text=row.text,
+        created_at=row.created_at,
+        platform_message_id=row.platform_message_id,
+        generation=generation,
+    )
+
+
+def checkpoint_load_record(row: CheckpointLoad) -> CheckpointLoadRecord:
+    return CheckpointLoadRecord(
+        id=row.id,
+        name=row.name,
+        sha256=row.sha256,
+        requested_by=row.requested_by,
+        created_at=row.created_at,
+        succeeded=row.succeeded,
+        detail=row.detail,
+    )
+
+
+def audit_record(row: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        id=row.id,
+        created_at=row.created_at,
+        platform=row.platform,
+        tenant=row.tenant,
+        actor_id=row.actor_id,
+        action=row.action,
+        target=row.target,
+        detail=dict(row.detail),
+    )

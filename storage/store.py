@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Delete, delete, exists, select
@@ -28,6 +29,7 @@ from storage.models import (
     Message,
     ProcessedEvent,
     Role,
+    as_utc,
     utc_now,
 )
 from storage.records import (
@@ -39,10 +41,13 @@ from storage.records import (
     Generation,
     RetentionResult,
     StoredMessage,
+    audit_record,
     check_id,
     check_sha256,
     check_text,
+    checkpoint_load_record,
     dm_tenant,
+    message_record,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,7 @@ class Store:
             "role": role,
             "author_id": check_id("author_id", author_id),
             "text": check_text(text),
-            "created_at": _utc(created_at) if created_at is not None else utc_now(),
+            "created_at": as_utc(created_at) if created_at is not None else utc_now(),
             "platform_message_id": (
                 check_id("platform_message_id", platform_message_id) if platform_message_id is not None else None
             ),
@@ -108,13 +113,10 @@ class Store:
                 self._insert(Message)
                 .values(conversation_id=conversation_id, **values)
                 .on_conflict_do_nothing()
-                .returning(Message.id)
+                .returning(Message)
             )
             if inserted is not None:
-                stored = StoredMessage(
-                    id=inserted, conversation_id=conversation_id, generation=generation, **_record_fields(values)
-                )
-                return AddedMessage(message=stored, duplicate=False)
+                return AddedMessage(message=message_record(inserted), duplicate=False)
             first = await session.scalar(
                 select(Message).where(
                     Message.conversation_id == conversation_id,
@@ -123,7 +125,7 @@ class Store:
             )
             assert first is not None, "ON CONFLICT skipped the insert, so the conflicting row exists"
             log.debug("duplicate message %s in conversation %d ignored", platform_message_id, conversation_id)
-            return AddedMessage(message=_message_record(first), duplicate=True)
+            return AddedMessage(message=message_record(first), duplicate=True)
 
     async def recent_history(self, key: ConversationKey, limit: int = 20) -> list[StoredMessage]:
         """The newest `limit` turns of the conversation, oldest first (prompt order); [] for an unknown one."""
@@ -138,7 +140,7 @@ class Store:
         )
         async with self._read_sessions() as session:
             rows = (await session.scalars(newest_first)).all()
-        return [_message_record(row) for row in reversed(rows)]
+        return [message_record(row) for row in reversed(rows)]
 
     async def delete_message(self, *, platform: str, tenant: str, channel: str, platform_message_id: str) -> int:
         """Delete a message the platform reports deleted (in any thread of the channel); returns how many rows went."""
@@ -159,18 +161,16 @@ class Store:
         """Delete everything the user wrote on `platform`, in every tenant, and their direct conversations whole
         (the bot's replies there too). Returns the number of messages deleted. The audit log is kept: it records
         admins' actions, which must stay accountable."""
-        check_id("user_id", user_id)
+        dms_tenant = dm_tenant(user_id)
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
-        dms = select(Conversation.id).where(
-            Conversation.platform == platform, Conversation.tenant == dm_tenant(user_id)
-        )
+        dms = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == dms_tenant)
         async with self._sessions.begin() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
             deleted += await _delete(
                 session,
                 delete(Message).where(Message.author_id == user_id, Message.conversation_id.in_(on_platform)),
             )
-            await self._delete_tenant_rows(session, platform, dm_tenant(user_id))
+            await _delete_tenant_rows(session, platform, dms_tenant)
         # The user's id stays out of the log on purpose: the log is data too.
         log.info("forgot a %s user: %d messages deleted", platform, deleted)
         return deleted
@@ -182,14 +182,14 @@ class Store:
         in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
         async with self._sessions.begin() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
-            await self._delete_tenant_rows(session, platform, tenant)
+            await _delete_tenant_rows(session, platform, tenant)
         log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
         return deleted
 
     async def delete_older_than(self, cutoff: datetime) -> RetentionResult:
         """Retention: delete messages and processed-event ids from before `cutoff`, and conversations left empty
         that were created before it. Running it again with the same cutoff deletes nothing more."""
-        cutoff = _utc(cutoff)
+        cutoff = as_utc(cutoff)
         has_messages = exists().where(Message.conversation_id == Conversation.id)
         async with self._sessions.begin() as session:
             result = RetentionResult(
@@ -215,27 +215,18 @@ class Store:
     ) -> dict[str, Any]:
         """Merge `changes` into the channel's settings (a value of None removes that key) and return the result.
         Concurrent updates of different keys both survive: the row is locked while it is merged."""
-        check_id("updated_by", updated_by)
-        pk = (check_id("platform", platform), check_id("tenant", tenant), check_id("channel", channel))
-        now = utc_now()
+        pk = {"platform": check_id("platform", platform), "tenant": check_id("tenant", tenant)}
+        pk["channel"] = check_id("channel", channel)
+        row_values = {**pk, "updated_by": check_id("updated_by", updated_by), "updated_at": utc_now()}
         async with self._sessions.begin() as session:
             # Create the row if missing, then lock it: without the lock two PostgreSQL transactions would both merge
             # into the same old value and the later commit would drop the other's change.
             await session.execute(
-                self._insert(ChannelSetting)
-                .values(
-                    platform=platform,
-                    tenant=tenant,
-                    channel=channel,
-                    settings={},
-                    updated_by=updated_by,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
+                self._insert(ChannelSetting).values(**row_values, settings={}).on_conflict_do_nothing()
             )
-            row = await session.get_one(ChannelSetting, pk, with_for_update=True)
+            row = await session.get_one(ChannelSetting, tuple(pk.values()), with_for_update=True)
             merged = {k: v for k, v in {**row.settings, **changes}.items() if v is not None}
-            row.settings, row.updated_by, row.updated_at = merged, updated_by, now
+            row.settings, row.updated_by, row.updated_at = merged, updated_by, row_values["updated_at"]
         return dict(merged)
 
     # -- accountability ------------------------------------------------------------------------------------------
@@ -253,13 +244,13 @@ class Store:
         )
         async with self._sessions.begin() as session:
             session.add(row)
-        return _checkpoint_load_record(row)
+        return checkpoint_load_record(row)
 
     async def recent_checkpoint_loads(self, limit: int = 20) -> list[CheckpointLoadRecord]:
         """Newest first."""
         async with self._read_sessions() as session:
             rows = await session.scalars(select(CheckpointLoad).order_by(CheckpointLoad.id.desc()).limit(limit))
-            return [_checkpoint_load_record(row) for row in rows]
+            return [checkpoint_load_record(row) for row in rows]
 
     async def record_audit(
         self,
@@ -285,7 +276,7 @@ class Store:
         )
         async with self._sessions.begin() as session:
             session.add(row)
-        return _audit_record(row)
+        return audit_record(row)
 
     async def audit_entries(
         self, *, platform: str | None = None, tenant: str | None = None, limit: int = 50
@@ -297,7 +288,7 @@ class Store:
         if tenant is not None:
             query = query.where(AuditEntry.tenant == tenant)
         async with self._read_sessions() as session:
-            return [_audit_record(row) for row in await session.scalars(query)]
+            return [audit_record(row) for row in await session.scalars(query)]
 
     # -- platform event de-duplication ---------------------------------------------------------------------------
 
@@ -322,27 +313,10 @@ class Store:
         row = await session.scalar(query)
         if row is None:
             await session.execute(
-                self._insert(Conversation)
-                .values(
-                    platform=key.platform,
-                    tenant=key.tenant,
-                    channel=key.channel,
-                    thread=key.thread,
-                    created_at=utc_now(),
-                )
-                .on_conflict_do_nothing()
+                self._insert(Conversation).values(**asdict(key), created_at=utc_now()).on_conflict_do_nothing()
             )
             row = (await session.scalars(query)).one()
         return row
-
-    async def _delete_tenant_rows(self, session: AsyncSession, platform: str, tenant: str) -> None:
-        # The callers delete (and count) the messages first; ON DELETE CASCADE is only the safety net.
-        await session.execute(
-            delete(Conversation).where(Conversation.platform == platform, Conversation.tenant == tenant)
-        )
-        await session.execute(
-            delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.tenant == tenant)
-        )
 
 
 def _is_conversation(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
@@ -360,56 +334,9 @@ async def _delete(session: AsyncSession, statement: Delete) -> int:
     return result.rowcount  # type: ignore[attr-defined]
 
 
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"timestamp {moment.isoformat()} has no timezone; pass an aware datetime, e.g. in UTC")
-    return moment.astimezone(UTC)
-
-
-def _record_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: values[k] for k in ("role", "author_id", "text", "created_at", "platform_message_id")}
-
-
-def _message_record(row: Message) -> StoredMessage:
-    generation = None
-    if row.checkpoint_sha256 is not None:
-        generation = Generation(
-            checkpoint_name=row.checkpoint_name or "",
-            checkpoint_sha256=row.checkpoint_sha256,
-            sampling=row.sampling or {},
-        )
-    return StoredMessage(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        role=row.role,
-        author_id=row.author_id,
-        text=row.text,
-        created_at=row.created_at,
-        platform_message_id=row.platform_message_id,
-        generation=generation,
-    )
-
-
-def _checkpoint_load_record(row: CheckpointLoad) -> CheckpointLoadRecord:
-    return CheckpointLoadRecord(
-        id=row.id,
-        name=row.name,
-        sha256=row.sha256,
-        requested_by=row.requested_by,
-        created_at=row.created_at,
-        succeeded=row.succeeded,
-        detail=row.detail,
-    )
-
-
-def _audit_record(row: AuditEntry) -> AuditRecord:
-    return AuditRecord(
-        id=row.id,
-        created_at=row.created_at,
-        platform=row.platform,
-        tenant=row.tenant,
-        actor_id=row.actor_id,
-        action=row.action,
-        target=row.target,
-        detail=dict(row.detail),
+async def _delete_tenant_rows(session: AsyncSession, platform: str, tenant: str) -> None:
+    # The callers delete (and count) the messages first; ON DELETE CASCADE is only the safety net.
+    await session.execute(delete(Conversation).where(Conversation.platform == platform, Conversation.tenant == tenant))
+    await session.execute(
+        delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.tenant == tenant)
     )

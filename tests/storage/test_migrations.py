@@ -35,7 +35,7 @@ async def test_an_empty_database_is_migrated_to_head(engine: AsyncEngine) -> Non
 
     assert (result.from_revision, result.to_revision, result.changed) == (None, head_revision(), True)
     assert await current_revision(engine) == head_revision()
-    assert TABLES <= await table_names(engine)
+    assert await table_names(engine) >= TABLES
 
 
 async def test_upgrading_a_current_database_changes_nothing_and_keeps_data(engine: AsyncEngine) -> None:
@@ -58,7 +58,7 @@ async def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(e
     assert not TABLES & await table_names(engine)
     # An older known state (here: base, with Alembic's version table left behind) is upgraded again.
     assert (await upgrade_database(engine)).from_revision is None
-    assert TABLES <= await table_names(engine)
+    assert await table_names(engine) >= TABLES
 
 
 async def test_models_match_head_migration(engine: AsyncEngine) -> None:
@@ -81,7 +81,7 @@ async def test_a_database_from_a_newer_scratchbot_is_refused_untouched(engine: A
         await upgrade_database(engine)
 
     assert await current_revision(engine) == "9999_from_the_future"
-    assert TABLES <= await table_names(engine)
+    assert await table_names(engine) >= TABLES
 
 
 async def test_foreign_keys_are_enforced_again_after_migrating(engine: AsyncEngine) -> None:

@@ -1,0 +1,58 @@
+"""Engine set-up: which URLs are accepted, and the SQLite settings that make concurrent writers queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.db import DEFAULT_DATABASE_URL, DatabaseURLError, create_engine, normalize_url, sqlite_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///data/x.db", "sqlite+aiosqlite:///data/x.db"),
+        ("sqlite+aiosqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+        ("postgresql://bot:pw@db:5432/bot", "postgresql+asyncpg://bot:pw@db:5432/bot"),
+        ("postgres://bot@db/bot", "postgresql+asyncpg://bot@db/bot"),
+    ],
+)
+def test_plain_urls_get_the_async_driver(url: str, expected: str) -> None:
+    assert normalize_url(url).render_as_string(hide_password=False) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://db/bot", "not supported; use SQLite"),
+        ("postgresql+psycopg2://db/bot", r"write the URL as postgresql\+asyncpg://"),
+        ("sqlite://", "in-memory SQLite"),
+        ("sqlite:///:memory:", "in-memory SQLite"),
+        ("not a url", "cannot parse the database URL"),
+    ],
+)
+def test_unusable_urls_are_refused_with_what_to_write_instead(url: str, message: str) -> None:
+    with pytest.raises(DatabaseURLError, match=message):
+        normalize_url(url)
+
+
+def test_the_default_database_is_a_file_under_data() -> None:
+    assert DEFAULT_DATABASE_URL == "sqlite+aiosqlite:///data/scratchbot.db"
+
+
+async def test_sqlite_creates_the_data_directory_and_sets_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "there.db"
+    engine: AsyncEngine = create_engine(sqlite_url(path))
+    try:
+        assert path.parent.is_dir()
+        async with engine.connect() as connection:
+            pragmas = [
+                (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "busy_timeout", "foreign_keys")
+            ]
+        assert pragmas == ["wal", 30_000, 1]
+        assert path.is_file()
+    finally:
+        await engine.dispose()
