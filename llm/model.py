@@ -61,7 +61,7 @@ class KVCache:
 class _CacheView:
     """What one forward pass needs to address the cache: which rows, which positions, how far to read."""
 
-    __slots__ = ("cache", "slots", "input_pos", "kv_len")
+    __slots__ = ("cache", "input_pos", "kv_len", "slots")
 
     def __init__(self, cache: KVCache, slots: torch.Tensor | None, input_pos: torch.Tensor, kv_len: int) -> None:
         self.cache = cache

@@ -120,5 +120,5 @@ def test_config_is_inferred_from_tensor_shapes(tiny_config: GPTConfig) -> None:
 
 
 def test_infer_config_explains_what_is_missing() -> None:
-    with pytest.raises(ConfigError, match="tok_emb.weight"):
+    with pytest.raises(ConfigError, match=r"tok_emb\.weight"):
         infer_config({"wte.weight": torch.zeros(2, 2)})
