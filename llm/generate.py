@@ -205,38 +205,60 @@ def generate_tokens(
     result.seconds = time.perf_counter() - start
 
 
+class StopTextDecoder:
+    """Token ids in, text deltas out: never half of a character, and nothing of a stop string.
+
+    Text that could be the start of a stop string is held back until it is clear that it is not; once a stop
+    string appears, the text before it is released and the decoder reports that generation should end.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...] = ()) -> None:
+        self._decoder = StreamDecoder(tokenizer)
+        self._stops = stops
+        self._held = ""
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """The text that token ``token_id`` releases; check `stopped` afterwards."""
+        if self.stopped:
+            return ""
+        return self._release(self._held + self._decoder.push(token_id), final=False)
+
+    def finish(self) -> str:
+        """Whatever is still held back at the end of the stream."""
+        if self.stopped:
+            return ""
+        return self._release(self._held + self._decoder.flush(), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        # Held-back text is the only place a stop string can begin, so searching held + new text finds them all.
+        cut = _find_stop(text, self._stops)
+        if cut is not None:
+            self.stopped = True
+            self._held = ""
+            return text[:cut]
+        keep = 0 if final else _stop_prefix_len(text, self._stops)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+
 class TextStream:
-    """Iterate for text deltas; afterwards `result` holds the whole answer. Stop strings never reach the output:
-    text that could be the start of a stop string is held back until it is clear that it is not."""
+    """Iterate for text deltas; afterwards `result` holds the whole answer."""
 
     def __init__(self, model: GPTModel, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams):
         self.result = GenerationResult()
         self._tokens = generate_tokens(model, prompt_ids, params, self.result)
-        self._decoder = StreamDecoder(tokenizer)
-        self._stops = params.stop
-        self._held = ""
+        self._text = StopTextDecoder(tokenizer, params.stop)
 
     def __iter__(self) -> Iterator[str]:
-        # Held-back text is the only place a stop string can begin, so searching held + new text finds them all.
         for token_id in self._tokens:
-            text = self._held + self._decoder.push(token_id)
-            cut = _find_stop(text, self._stops)
-            if cut is not None:
+            yield from self._emit(self._text.push(token_id))
+            if self._text.stopped:
                 self._tokens.close()
-                self.result.finish_reason = "stop"
-                self._held = ""
-                yield from self._emit(text[:cut])
-                return
-            keep = _stop_prefix_len(text, self._stops)
-            self._held = text[len(text) - keep :]
-            yield from self._emit(text[: len(text) - keep])
-        text = self._held + self._decoder.flush()
-        self._held = ""
-        cut = _find_stop(text, self._stops)
-        if cut is not None:
+                break
+        yield from self._emit(self._text.finish())
+        if self._text.stopped:
             self.result.finish_reason = "stop"
-            text = text[:cut]
-        yield from self._emit(text)
 
     def _emit(self, text: str) -> Iterator[str]:
         if text:

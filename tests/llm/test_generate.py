@@ -9,6 +9,7 @@ from llm.generate import (
     GenerationResult,
     PromptTooLongError,
     SamplingParams,
+    StopTextDecoder,
     fit_prompt,
     generate_batch,
     generate_tokens,
@@ -162,3 +163,21 @@ def test_generation_ends_cleanly_at_the_end_of_the_context(tiny_model: GPTModel)
 def test_fit_prompt_rejects_an_empty_prompt() -> None:
     with pytest.raises(ValueError, match="prompt is empty"):
         fit_prompt([], 64, SamplingParams())
+
+
+@pytest.mark.parametrize(
+    "text,stops,expected,stopped",
+    [
+        ("The answer is 4.\n### Instruction:\nmore", ("\n###",), "The answer is 4.", True),
+        ("almost a stop\n## but not", ("\n###",), "almost a stop\n## but not", False),
+        ("ends with a partial stop\n##", ("\n###",), "ends with a partial stop\n##", False),
+        ("emoji 👋🏽 then STOP here", ("STOP", "here"), "emoji 👋🏽 then ", True),
+    ],
+)
+def test_stop_decoder_cuts_at_stops_that_span_tokens(text: str, stops: tuple, expected: str, stopped: bool) -> None:
+    tokenizer = Tokenizer()
+    decoder = StopTextDecoder(tokenizer, stops)
+    deltas = [decoder.push(t) for t in tokenizer.encode(text)] + [decoder.finish()]
+    assert "".join(deltas) == expected
+    assert decoder.stopped is stopped
+    assert not any(s in d for d in deltas for s in stops)
