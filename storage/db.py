@@ -28,9 +28,7 @@ DEFAULT_DATABASE_PATH = Path("data") / "scratchbot.db"
 # truly stuck, e.g. another program holding the file open in a transaction.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-# Execution option for connections that only read. On SQLite they start with a plain (deferred) BEGIN: in WAL mode a
-# reader then sees a snapshot and never waits for, or blocks, the writer. A session opened this way must not write.
-READ_ONLY = {"scratchbot_read_only": True}
+_READ_ONLY_OPTION = "scratchbot_read_only"
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -98,6 +96,18 @@ def create_engine(url: str | URL, *, connect_args: Mapping[str, Any] | None = No
     return engine
 
 
+def single_statement_reads(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` (same pool) for sessions that only read, one statement each, outside any explicit transaction.
+
+    Each statement is then its own snapshot, which is all a single statement needs, and the history read saves the
+    BEGIN and ROLLBACK round trips (two to PostgreSQL; on SQLite, four to aiosqlite's thread). On SQLite such a read
+    also takes no lock up front, so it never waits for the writer. Writing through this engine is a bug.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_READ_ONLY_OPTION: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     # SQLAlchemy's documented recipe ("Serializable isolation / Savepoints / Transactional DDL", aiosqlite variant):
     # take transaction control away from the sqlite3 module, which would otherwise BEGIN late (only before DML) and
@@ -120,7 +130,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("scratchbot_read_only"):
-            conn.exec_driver_sql("BEGIN")
-        else:
+        # SQLAlchemy's own AUTOCOMMIT level does not mix with this recipe; reads skip the BEGIN instead.
+        if not conn.get_execution_options().get(_READ_ONLY_OPTION):
             conn.exec_driver_sql("BEGIN IMMEDIATE")

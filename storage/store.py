@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from storage.db import DEFAULT_DATABASE_URL, READ_ONLY, create_engine
+from storage.db import DEFAULT_DATABASE_URL, create_engine, single_statement_reads
 from storage.migrate import upgrade_database
 from storage.models import (
     AuditEntry,
@@ -70,7 +70,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._insert = _INSERTS[engine.dialect.name]
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._read_sessions = async_sessionmaker(engine.execution_options(**READ_ONLY), expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(single_statement_reads(engine), expire_on_commit=False)
 
     # -- conversations and messages ------------------------------------------------------------------------------
 
