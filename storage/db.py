@@ -10,14 +10,15 @@ writer committed in between, and the busy timeout cannot help.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,16 @@ _READ_ONLY_OPTION = "scratchbot_read_only"
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
 
-class DatabaseURLError(ValueError):
+class StorageError(Exception):
+    """A storage problem the user can fix (a URL, a server, a schema version); its message says how."""
+
+
+class DatabaseURLError(StorageError, ValueError):
     """The configured database URL cannot be used."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database cannot be reached or opened: a server down, a wrong host or name, a file that cannot be created."""
 
 
 def sqlite_url(path: Path | str) -> str:
@@ -86,7 +95,14 @@ def create_engine(url: str | URL, *, connect_args: Mapping[str, Any] | None = No
     args = dict(connect_args or {})
     if parsed.get_backend_name() == "sqlite":
         assert parsed.database is not None  # normalize_url refuses the rest
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseUnavailableError(
+                f"cannot create the directory {directory} for the SQLite database: {e.strerror}. "
+                "Create it, or give a database path that can be written."
+            ) from e
         engine = create_async_engine(parsed, connect_args=args, echo=echo)
         _configure_sqlite(engine)
     else:
@@ -106,6 +122,28 @@ def single_statement_reads(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{_READ_ONLY_OPTION: True})
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@asynccontextmanager
+async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection from `engine`; failing to get one raises DatabaseUnavailableError with the reason and a hint.
+
+    Use it for the first contact at start-up, so a wrong URL or a stopped server reads as one clear line rather than
+    a driver traceback.
+    """
+    connection = engine.connect()
+    try:
+        await connection.start()
+    except (OSError, DBAPIError) as e:
+        reason = e.orig if isinstance(e, DBAPIError) else e
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: {reason}. "
+            "Check that the database server is running and that the URL is right."
+        ) from e
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -17,6 +17,7 @@ against a database at head:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.db import StorageError, connect, create_engine
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -41,7 +44,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x5C7A7C4B07
 
 
-class SchemaError(RuntimeError):
+class SchemaError(StorageError):
     """The database's schema cannot be used by this version of scratchbot."""
 
 
@@ -91,6 +94,19 @@ async def upgrade_database(engine: AsyncEngine) -> SchemaUpgrade:
     return result
 
 
+def upgrade_database_at(url: str) -> SchemaUpgrade:
+    """`upgrade_database` for a URL, from synchronous code (the CLI)."""
+
+    async def upgrade() -> SchemaUpgrade:
+        engine = create_engine(url)
+        try:
+            return await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(upgrade())
+
+
 async def downgrade_database(engine: AsyncEngine, revision: str = "base") -> None:
     """Migrate down to `revision` ("base" removes every scratchbot table, and all data with them)."""
 
@@ -129,7 +145,7 @@ def _check_known(connection: Connection, script: ScriptDirectory) -> str | None:
 async def _migrate(engine: AsyncEngine, step: Callable[[Connection, Config], T]) -> T:
     """Run `step` in one transaction on a connection set up for migrating, and commit."""
     sqlite = engine.dialect.name == "sqlite"
-    async with engine.connect() as connection:
+    async with connect(engine) as connection:
         if sqlite:
             # Must happen outside a transaction: inside one, SQLite silently ignores this pragma.
             await connection.run_sync(_execute_outside_transaction, "PRAGMA foreign_keys=OFF")
