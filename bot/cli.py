@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from bot.settings import Settings
     from llm.model import GPTModel
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,91 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# database
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_generate, _add_checkpoint_commands)
+def _add_db_commands(sub: argparse._SubParsersAction) -> None:
+    db = sub.add_parser("db", help="manage the database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    p = db_sub.add_parser(
+        "upgrade", help="migrate the database to this version's schema", description=cmd_db_upgrade.__doc__
+    )
+    p.add_argument("--database-url", default=None, help="default: the SQLite file data/scratchbot.db")
+    p.set_defaults(func=cmd_db_upgrade)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the database to the schema this version of scratchbot uses (the bot also does this at start-up).
+    A database migrated by a newer scratchbot is refused and left untouched."""
+    from storage.db import DEFAULT_DATABASE_URL, StorageError
+    from storage.migrate import upgrade_database_at
+
+    url = args.database_url or DEFAULT_DATABASE_URL
+    try:
+        result = upgrade_database_at(url)
+    except StorageError as e:
+        raise UserError(str(e)) from None
+    if result.changed:
+        print(f"database upgraded from {result.from_revision or 'empty'} to {result.to_revision}")
+    else:
+        print(f"database already at {result.to_revision}, the newest schema")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the service
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the bot", description=cmd_run.__doc__)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bot with the settings from the environment and .env (SCRATCHBOT_*; see .env.example). With no
+    platform tokens set it opens a chat in this terminal."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from bot.app import NoCheckpointError, run_service
+    from bot.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"SCRATCHBOT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise UserError(f"invalid settings: {problems}") from None
+    _configure_service_logging(settings, verbose=args.verbose)
+    try:
+        return asyncio.run(run_service(settings))
+    except NoCheckpointError as e:
+        raise UserError(str(e)) from None
+
+
+def _configure_service_logging(settings: Settings, *, verbose: bool) -> None:
+    """Logs go to standard error, except in the terminal chat, where they would interleave with the answers:
+    there they go to data_dir/scratchbot.log."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else settings.log_level)
+    if not settings.platforms:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.data_dir / "scratchbot.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_generate,
+    _add_checkpoint_commands,
+    _add_db_commands,
+    _add_run,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
