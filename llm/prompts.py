@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +58,105 @@ def clean_response(text: str) -> str:
         if at != -1:
             text = text[:at]
     return text.strip()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts inside a token budget
+
+
+TRUNCATION_MARKER = " […message cut to fit…]"
+
+
+class Encoder(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of a conversation: what the user asked and what the bot answered."""
+
+    instruction: str
+    response: str
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    ids: list[int]
+    kept_turns: int  # earlier turns that fit, newest first
+    dropped_turns: int  # earlier turns left out for the budget, oldest first
+    truncated: bool  # the newest instruction or input was cut, with TRUNCATION_MARKER
+
+
+def _turn_text(turn: Turn) -> str:
+    return INSTRUCTION_HEADER + neutralize(turn.instruction) + RESPONSE_HEADER + neutralize(turn.response)
+
+
+def _final_text(instruction: str, input_text: str) -> str:
+    text = INSTRUCTION_HEADER + neutralize(instruction)
+    if input_text:
+        text += INPUT_HEADER + neutralize(input_text)
+    return text + RESPONSE_HEADER
+
+
+def render_conversation(
+    encoder: Encoder,
+    instruction: str,
+    budget: int,
+    history: Sequence[Turn] = (),
+    input_text: str = "",
+) -> RenderedPrompt:
+    """The newest instruction (and input) as the final Alpaca section, earlier turns before it, within ``budget``
+    tokens. The preamble and the newest message are always kept (an over-long one is cut with a visible marker);
+    earlier turns are kept newest first, and the oldest are dropped first."""
+    fixed = len(encoder.encode(PREAMBLE + RESPONSE_HEADER))
+    if budget <= fixed + 8:
+        raise ValueError(f"a budget of {budget} tokens cannot hold the prompt template ({fixed} tokens) and a message")
+    instruction, input_text, truncated = _fit_newest(encoder, instruction, input_text, budget)
+    final = _final_text(instruction, input_text)
+    used = len(encoder.encode(PREAMBLE + final))
+    kept: list[str] = []
+    for turn in reversed(history):
+        piece = _turn_text(turn)
+        cost = len(encoder.encode(piece))
+        if used + cost > budget:
+            break
+        kept.append(piece)
+        used += cost
+    while True:
+        text = PREAMBLE + "".join(reversed(kept)) + final
+        ids = encoder.encode(text)
+        # Pieces were counted one by one; BPE at their seams may differ by a token, so check the whole.
+        if len(ids) <= budget or not kept:
+            break
+        kept.pop()
+    return RenderedPrompt(text, ids, len(kept), len(history) - len(kept), truncated)
+
+
+def _fit_newest(encoder: Encoder, instruction: str, input_text: str, budget: int) -> tuple[str, str, bool]:
+    """Cut the input (first) or the instruction so the preamble plus the final section fit ``budget``."""
+    def size(ins: str, inp: str) -> int:
+        return len(encoder.encode(PREAMBLE + _final_text(ins, inp)))
+
+    if size(instruction, input_text) <= budget:
+        return instruction, input_text, False
+    if input_text:
+        room = budget - size(instruction, "x" + TRUNCATION_MARKER)
+        if room > 0:
+            return instruction, _cut(encoder, input_text, room), True
+        input_text = ""
+    room = budget - size("x" + TRUNCATION_MARKER, "")
+    return _cut(encoder, instruction, room), input_text, True
+
+
+def _cut(encoder: Encoder, text: str, tokens: int) -> str:
+    """The start of ``text`` in about ``tokens`` tokens, then the marker; cut on a character boundary."""
+    lo, hi = 0, len(text)
+    # Binary search on characters: decoding a token prefix could split a multi-byte character.
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encoder.encode(text[:mid])) <= max(tokens, 1):
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + TRUNCATION_MARKER

@@ -1,0 +1,68 @@
+"""What every platform adapter speaks to the core: neutral frozen messages in, a small reply protocol out.
+
+Adapters translate their SDK's events into `Incoming` and implement `Reply` over their own API (editing a message
+as text streams, splitting at the platform's length limit); the core never sees an SDK object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+# Commands the core understands; platforms map their slash commands and shortcuts onto these.
+COMMANDS = ("chat", "summarize", "translate", "model", "forget", "reload", "settings", "help")
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    """One message of a channel, as an adapter fetched it for `summarize`."""
+
+    author: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message or command addressed to the bot, stripped of everything platform-specific."""
+
+    platform: str  # "discord", "slack", "console"
+    tenant: str  # guild / workspace id; for a DM, storage.records.dm_tenant(author_id)
+    channel: str
+    author_id: str
+    text: str = ""  # the message (chat) or the command's arguments
+    command: str = "chat"  # one of COMMANDS
+    thread: str = ""  # "" when not in a thread
+    author_name: str = ""
+    message_id: str | None = None  # the platform's id: a redelivered message is answered once
+    is_dm: bool = False
+    author_is_owner: bool = False  # the platform itself says this user owns the bot application
+    transcript: tuple[TranscriptLine, ...] | None = None  # `summarize` over what the platform returned
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise ValueError(f"unknown command {self.command!r}; known: {', '.join(COMMANDS)}")
+
+
+class Reply(Protocol):
+    """How the core answers one `Incoming`."""
+
+    async def send(self, text: str) -> None:
+        """Send a whole message (a command's result, an error)."""
+
+    async def stream(self, deltas: AsyncIterator[str]) -> str:
+        """Show text as it arrives (edit a message, print to a terminal); return the text shown."""
+
+
+def parse_command(text: str) -> tuple[str, str]:
+    """``/name args`` typed as text (console, a mention starting with a command) -> (command, args);
+    anything else is a chat message."""
+    stripped = text.strip()
+    if stripped.startswith("/"):
+        name, _, args = stripped[1:].partition(" ")
+        if name.lower() in COMMANDS:
+            return name.lower(), args.strip()
+    return "chat", text

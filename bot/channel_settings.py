@@ -1,0 +1,99 @@
+"""Per-channel settings an admin may change with `settings KEY VALUE`: parsed, validated, merged with defaults."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESET_WORDS = ("default", "reset")
+OFF_WORDS = ("off", "none")
+
+
+class SettingError(ValueError):
+    """A setting name or value a user typed is not valid; the message says what is."""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """What one request in a channel runs with: the service defaults overlaid with the channel's settings."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    history_messages: int
+    enabled: bool = True
+
+    def with_stored(self, stored: Mapping[str, Any]) -> ChannelConfig:
+        known = {k: v for k, v in stored.items() if k in SETTINGS}
+        return ChannelConfig(**{**self.__dict__, **known})
+
+    def sampling(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+        }
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float, *, optional: bool = False) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        if optional and raw.lower() in OFF_WORDS:
+            return None
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingError(f"{raw!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not low <= value <= high:
+            raise SettingError(f"{raw} is out of range: choose {low:g} to {high:g}" + (" or off" if optional else ""))
+        return value
+
+    return parse
+
+
+def _switch(raw: str) -> bool:
+    word = raw.lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    raise SettingError(f"{raw!r} is not on or off")
+
+
+SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "temperature": (_number(float, 0.0, 2.0), "0 is greedy (exact, repeatable); higher is more varied"),
+    "top_k": (_number(int, 1, 50257, optional=True), "sample only from the k likeliest tokens, or off"),
+    "top_p": (_number(float, 0.01, 1.0, optional=True), "nucleus sampling threshold, or off"),
+    "max_new_tokens": (_number(int, 1, 1024), "longest answer, in tokens"),
+    "history_messages": (_number(int, 0, 200), "earlier messages read back into the prompt"),
+    "enabled": (_switch, "on or off: whether the bot answers chat in this channel"),
+}
+
+
+def parse_setting(key: str, raw: str) -> tuple[str, Any]:
+    """(key, value) for ``settings KEY VALUE``; value None means back to the default."""
+    key = key.lower().replace("-", "_")
+    if key not in SETTINGS:
+        raise SettingError(f"unknown setting {key!r}; settings are: {', '.join(SETTINGS)}")
+    if raw.lower() in RESET_WORDS:
+        return key, None
+    parse, _ = SETTINGS[key]
+    try:
+        return key, parse(raw)
+    except SettingError as e:
+        raise SettingError(f"{key}: {e}") from None
+
+
+def describe(config: ChannelConfig, stored: Mapping[str, Any]) -> str:
+    lines = []
+    for key, (_, help_text) in SETTINGS.items():
+        value = getattr(config, key)
+        shown = "off" if value is None else ("on" if value is True else "off" if value is False else value)
+        origin = "" if key in stored else " (default)"
+        lines.append(f"{key} = {shown}{origin}: {help_text}")
+    return "\n".join(lines)

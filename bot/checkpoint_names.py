@@ -1,0 +1,53 @@
+"""Checkpoint names an admin may ask for: files (or Hugging Face directories) inside the checkpoints directory,
+and nothing else. A name is never a path: `../../etc/passwd`, absolute paths and links out of the directory are
+refused, so chat users cannot make the bot read arbitrary files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class CheckpointNameError(ValueError):
+    """The name does not denote a checkpoint in the checkpoints directory; the message says why."""
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in ``directory``, newest first: weight files, and directories holding Hugging Face weights."""
+    if not directory.is_dir():
+        return []
+    root = directory.resolve()
+    found = [
+        p
+        for p in directory.iterdir()
+        if not p.name.startswith(".")
+        and p.resolve().parent == root  # a link pointing out of the directory is not a checkpoint of ours
+        and (
+            (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+            or (p.is_dir() and any((p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")))
+        )
+    ]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def resolve_checkpoint(directory: Path, name: str | None) -> Path:
+    """The checkpoint called ``name`` in ``directory`` (the newest one when ``name`` is None)."""
+    if name is None:
+        available = list_checkpoints(directory)
+        if not available:
+            raise CheckpointNameError(f"there are no checkpoints in {directory}; copy one there first")
+        return available[0]
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or name.startswith("."):
+        raise CheckpointNameError(f"{name!r} is not a checkpoint name; give a file name from {directory}")
+    root = directory.resolve()
+    candidate = (directory / name).resolve()
+    if not candidate.is_relative_to(root) or candidate.parent != root:
+        raise CheckpointNameError(f"{name!r} points outside the checkpoints directory; refused")
+    if candidate not in {p.resolve() for p in list_checkpoints(directory)}:
+        names = ", ".join(p.name for p in list_checkpoints(directory)[:10]) or "none"
+        raise CheckpointNameError(f"no checkpoint named {name!r} in {directory}; available: {names}")
+    return candidate

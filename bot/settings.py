@@ -1,0 +1,87 @@
+"""Service settings: the only reader of the environment and of ``.env``.
+
+Every setting is ``SCRATCHBOT_<NAME>`` in the environment or in ``.env`` (see ``.env.example``). Secrets are
+`SecretStr`, so they never appear in ``repr``, logs or tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCRATCHBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- the model
+    checkpoint: Path | None = None  # checkpoint to serve; unset: the newest in checkpoints_dir, else the bundled demo
+    checkpoints_dir: Path = Path("data/checkpoints")  # where `reload NAME` looks; names never leave this directory
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    precision: Literal["fp32", "bf16", "int8"] = "int8"  # int8 weight-only is the fastest on a CPU
+    max_batch: int = Field(8, ge=1, le=64)  # requests decoded together in one forward pass
+    queue_size: int = Field(64, ge=1)  # requests waiting beyond the batch; more are told the bot is busy
+    request_timeout_s: float = Field(120.0, gt=0)  # a generation running longer is stopped
+
+    # --- sampling defaults (channels may override them with `settings`)
+    max_new_tokens: int = Field(256, ge=1, le=1024)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 = greedy, as chapter 7 evaluates
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+    # --- conversations
+    history_messages: int = Field(20, ge=0, le=200)  # stored messages read back for a prompt
+    summarize_default: int = Field(50, ge=1, le=500)  # messages `summarize` reads when no count is given
+    rate_limit_per_minute: int = Field(10, ge=1)  # messages one user may send per minute
+    retention_days: int = Field(30, ge=0)  # stored messages older than this are deleted daily; 0 keeps them
+    watch_checkpoints: bool = False  # reload when a new file appears in checkpoints_dir and passes the checks
+    watch_interval_s: float = Field(30.0, gt=0)
+
+    # --- storage
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # unset: SQLite file data_dir/scratchbot.db; PostgreSQL: postgresql+asyncpg://...
+
+    # --- who may run admin commands (reload, settings): ids per platform, comma-separated
+    discord_admin_ids: CommaList = []
+    slack_admin_ids: CommaList = []  # "TEAM:USER" pairs
+
+    # --- platforms: an adapter starts when its token is set; with none, `scratchbot run` opens the console
+    discord_token: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None  # Socket Mode
+    slack_signing_secret: SecretStr | None = None  # HTTP mode
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_grace_s: float = Field(20.0, ge=0)  # running generations may finish this long after SIGTERM
+
+    @field_validator("discord_admin_ids", "slack_admin_ids", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'scratchbot.db').as_posix()}"
+
+    @property
+    def platforms(self) -> list[str]:
+        """Platforms whose credentials are configured."""
+        found = []
+        if self.discord_token:
+            found.append("discord")
+        if self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret):
+            found.append("slack")
+        return found

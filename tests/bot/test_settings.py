@@ -1,0 +1,61 @@
+"""Settings come from SCRATCHBOT_* variables and .env; secrets never show; .env.example documents every one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_need_no_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    settings = Settings()
+    assert settings.platforms == []
+    assert settings.resolved_database_url == "sqlite+aiosqlite:///data/scratchbot.db"
+    assert settings.precision == "int8" and settings.temperature == 0.0
+
+
+def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SCRATCHBOT_MAX_NEW_TOKENS=64\nSCRATCHBOT_DISCORD_ADMIN_IDS=1, 2 ,3\n")
+    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "0.7")
+    monkeypatch.setenv("SCRATCHBOT_SLACK_ADMIN_IDS", "T1:U1")
+    settings = Settings()
+    assert settings.max_new_tokens == 64 and settings.temperature == 0.7
+    assert settings.discord_admin_ids == ["1", "2", "3"] and settings.slack_admin_ids == ["T1:U1"]
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "5")
+    with pytest.raises(ValidationError, match="temperature"):
+        Settings()
+
+
+def test_secrets_never_appear_in_repr_or_str(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    secrets = {
+        "SCRATCHBOT_DISCORD_TOKEN": "discord-secret-token-123",
+        "SCRATCHBOT_SLACK_BOT_TOKEN": "xoxb-secret-456",
+        "SCRATCHBOT_SLACK_APP_TOKEN": "xapp-secret-789",
+        "SCRATCHBOT_SLACK_SIGNING_SECRET": "signing-secret-000",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    shown = repr(settings) + str(settings) + str(settings.model_dump())
+    assert not any(value in shown for value in secrets.values())
+    assert settings.discord_token is not None
+    assert settings.discord_token.get_secret_value() == "discord-secret-token-123"
+    assert settings.platforms == ["discord", "slack"]
+
+
+def test_env_example_lists_every_setting() -> None:
+    documented = set(re.findall(r"SCRATCHBOT_([A-Z0-9_]+)=", (ROOT / ".env.example").read_text()))
+    assert documented == {name.upper() for name in Settings.model_fields}
