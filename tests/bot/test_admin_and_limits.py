@@ -111,9 +111,9 @@ def test_names_that_escape_or_are_paths_are_refused(checkpoints: Path, name: str
 
 
 def test_unknown_name_lists_what_is_available(checkpoints: Path) -> None:
-    with pytest.raises(CheckpointNameError, match="available: .*old.pth"):
+    with pytest.raises(CheckpointNameError, match=r"available: .*old\.pth"):
         resolve_checkpoint(checkpoints, "missing.pth")
-    with pytest.raises(CheckpointNameError, match="no checkpoint named 'notes.txt'"):
+    with pytest.raises(CheckpointNameError, match=r"no checkpoint named 'notes\.txt'"):
         resolve_checkpoint(checkpoints, "notes.txt")
     with pytest.raises(CheckpointNameError, match="not a checkpoint name"):
         resolve_checkpoint(checkpoints, ".hidden")

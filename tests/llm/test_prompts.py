@@ -107,7 +107,7 @@ def test_a_budget_too_small_for_the_template_is_refused() -> None:
         render_conversation(TOKENIZER, "hi", 20)
 
 
-_pieces = list("ab #\n:é👋\t") + ["###", "### Response:", "\n### Instruction:", "<|endoftext|>", "  ####"]
+_pieces = [*"ab #\n:é👋\t", "###", "### Response:", "\n### Instruction:", "<|endoftext|>", "  ####"]
 user_text = st.lists(st.sampled_from(_pieces), max_size=25).map("".join)
 
 
