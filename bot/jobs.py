@@ -1,0 +1,96 @@
+"""Scheduled jobs on APScheduler's asyncio scheduler: history retention and the checkpoint-directory watch.
+
+Each job is a plain async function (tested without a scheduler); the scheduler only times them. No job overlaps
+itself (max_instances=1) and missed runs collapse into one (coalesce), so a slow reload is never started twice.
+A job's failure is logged and the next run tries again: jobs are an error boundary like messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.checkpoint_names import list_checkpoints
+from storage.records import RetentionResult
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def apply_retention(store: Store, days: int, *, now: datetime | None = None) -> RetentionResult | None:
+    """Delete stored messages older than ``days`` (0 keeps everything)."""
+    if days <= 0:
+        return None
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    result = await store.delete_older_than(cutoff)
+    log.info("retention: deleted %d messages, %d conversations older than %s", result.messages, result.conversations,
+             cutoff.isoformat())
+    return result
+
+
+class CheckpointWatcher:
+    """Reloads when a new checkpoint appears in the directory (newest by modification time).
+
+    A file is only tried once it has stopped changing between two looks (a copy in progress is not a checkpoint),
+    and a file that failed its checks is not retried until it changes again.
+    """
+
+    def __init__(self, directory: Path, reload: Callable[[Path], Awaitable[bool]], current: Path | None) -> None:
+        self._directory = directory
+        self._reload = reload
+        self._seen = _signature(current) if current is not None and current.exists() else None
+        self._candidate: tuple[str, float, int] | None = None
+
+    async def check(self) -> bool:
+        """One look at the directory; True when a reload happened."""
+        newest = await asyncio.to_thread(list_checkpoints, self._directory)
+        if not newest:
+            return False
+        signature = await asyncio.to_thread(_signature, newest[0])
+        if signature == self._seen:
+            return False
+        if signature != self._candidate:
+            self._candidate = signature  # seen once; wait one more interval to be sure the copy is finished
+            return False
+        self._seen = signature
+        log.info("checkpoint watch: %s is new, reloading", newest[0].name)
+        return await self._reload(newest[0])
+
+
+def _signature(path: Path) -> tuple[str, float, int]:
+    if path.is_dir():
+        files = [f for f in path.iterdir() if f.is_file()]
+        return path.name, max((f.stat().st_mtime for f in files), default=0.0), sum(f.stat().st_size for f in files)
+    stat = path.stat()
+    return path.name, stat.st_mtime, stat.st_size
+
+
+def build_scheduler(
+    store: Store, *, retention_days: int, watcher: CheckpointWatcher | None, watch_interval_s: float
+) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+    if retention_days > 0:
+        scheduler.add_job(
+            _boundary("retention", lambda: apply_retention(store, retention_days)),
+            "interval", hours=6, next_run_time=datetime.now(UTC), id="retention",
+        )
+    if watcher is not None:
+        scheduler.add_job(
+            _boundary("checkpoint watch", watcher.check), "interval", seconds=watch_interval_s, id="checkpoint-watch"
+        )
+    return scheduler
+
+
+def _boundary(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await job()
+        except Exception:
+            log.exception("job %s failed; it runs again at its next time", name)
+
+    return run

@@ -1,0 +1,88 @@
+"""Scheduled jobs: retention deletes what is old (idempotently); the watch reloads new, finished checkpoints once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bot.jobs import CheckpointWatcher, apply_retention, build_scheduler
+from storage.records import ConversationKey
+from storage.store import Store
+
+KEY = ConversationKey("console", "local", "terminal")
+
+
+async def test_retention_deletes_only_old_messages_and_is_idempotent(store: Store) -> None:
+    now = datetime.now(UTC)
+    await store.add_message(KEY, role="user", author_id="u", text="old", created_at=now - timedelta(days=40))
+    await store.add_message(KEY, role="user", author_id="u", text="recent", created_at=now - timedelta(days=1))
+    first = await apply_retention(store, 30, now=now)
+    assert first is not None and first.messages == 1
+    assert [m.text for m in await store.recent_history(KEY)] == ["recent"]
+    again = await apply_retention(store, 30, now=now)
+    assert again is not None and again.messages == 0
+    assert await apply_retention(store, 0, now=now) is None  # 0 days keeps everything
+
+
+async def test_watch_reloads_a_new_checkpoint_once_it_stopped_changing(tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    current = directory / "current.safetensors"
+    current.write_bytes(b"a")
+    reloaded: list[str] = []
+
+    async def reload(path: Path) -> bool:
+        reloaded.append(path.name)
+        return True
+
+    watcher = CheckpointWatcher(directory, reload, current)
+    assert not await watcher.check()  # nothing new
+    new = directory / "new.safetensors"
+    new.write_bytes(b"bb")
+    os.utime(new, (current.stat().st_mtime + 10,) * 2)
+    assert not await watcher.check()  # seen once: maybe still being copied
+    assert await watcher.check()  # unchanged since: reload
+    assert not await watcher.check()  # and only once
+    assert reloaded == ["new.safetensors"]
+
+
+async def test_watch_does_not_retry_a_refused_file_until_it_changes(tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    attempts: list[str] = []
+
+    async def refuse(path: Path) -> bool:
+        attempts.append(path.name)
+        return False
+
+    watcher = CheckpointWatcher(directory, refuse, None)
+    bad = directory / "bad.pth"
+    bad.write_bytes(b"corrupt")
+    for _ in range(4):
+        await watcher.check()
+    assert attempts == ["bad.pth"]
+    bad.write_bytes(b"corrupt, but different now")
+    os.utime(bad, (bad.stat().st_mtime + 5,) * 2)
+    for _ in range(2):
+        await watcher.check()
+    assert attempts == ["bad.pth", "bad.pth"]
+
+
+async def test_scheduler_runs_retention_at_start_and_never_overlaps_a_job(store: Store, tmp_path: Path) -> None:
+    old = datetime.now(UTC) - timedelta(days=100)
+    await store.add_message(KEY, role="user", author_id="u", text="ancient", created_at=old)
+    scheduler = build_scheduler(store, retention_days=30, watcher=None, watch_interval_s=30)
+    assert {job.id for job in scheduler.get_jobs()} == {"retention"}
+    scheduler.start()
+    try:
+        retention = scheduler.get_job("retention")
+        assert retention.max_instances == 1 and retention.coalesce
+        for _ in range(50):
+            if not await store.recent_history(KEY):
+                break
+            await asyncio.sleep(0.05)
+        assert await store.recent_history(KEY) == []
+    finally:
+        scheduler.shutdown(wait=False)
