@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from storage.models import ID_LENGTH, AuditEntry, CheckpointLoad, Message, Role
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,8 @@ class AuditRecord:
     detail: Mapping[str, Any]
 
 
-def message_record(row: Message) -> StoredMessage:
+def message_record(row: Message | Row[Any]) -> StoredMessage:
+    """From an ORM object or a row of the messages table (the hot paths read rows)."""
     generation = None
     if row.checkpoint_name is not None and row.checkpoint_sha256 is not None:
         generation = Generation(row.checkpoint_name, row.checkpoint_sha256, row.sampling or {})

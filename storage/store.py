@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Delete, delete, exists, select
+from sqlalchemy import Delete, Table, bindparam, delete, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -54,6 +54,30 @@ log = logging.getLogger(__name__)
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
+# The hot-path statements (every message runs them) are built once, with bind parameters: building a statement and
+# its cache key on each call cost as much CPU as executing it. They use the Core tables, so that an insert is one
+# plain INSERT rather than the ORM's bulk-insert machinery.
+_CONVERSATIONS = cast(Table, Conversation.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_IS_CONVERSATION = (
+    Conversation.platform == bindparam("platform"),
+    Conversation.tenant == bindparam("tenant"),
+    Conversation.channel == bindparam("channel"),
+    Conversation.thread == bindparam("thread"),
+)
+_FIND_CONVERSATION = select(Conversation.id, Conversation.created_at).where(*_IS_CONVERSATION)
+_FIND_MESSAGE = select(_MESSAGES).where(
+    _MESSAGES.c.conversation_id == bindparam("conversation_id"),
+    _MESSAGES.c.platform_message_id == bindparam("platform_message_id"),
+)
+_HISTORY_NEWEST_FIRST = (
+    select(_MESSAGES)
+    .join(Conversation, _MESSAGES.c.conversation_id == Conversation.id)
+    .where(*_IS_CONVERSATION)
+    .order_by(_MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
+
 
 @asynccontextmanager
 async def open_store(url: str | URL = DEFAULT_DATABASE_URL) -> AsyncIterator[Store]:
@@ -69,6 +93,8 @@ async def open_store(url: str | URL = DEFAULT_DATABASE_URL) -> AsyncIterator[Sto
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._insert = _INSERTS[engine.dialect.name]
+        self._create_conversation = self._insert(_CONVERSATIONS).on_conflict_do_nothing()
+        self._add_message = self._insert(_MESSAGES).on_conflict_do_nothing().returning(*_MESSAGES.c)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(single_statement_reads(engine), expire_on_commit=False)
 
@@ -76,8 +102,8 @@ class Store:
 
     async def get_or_create_conversation(self, key: ConversationKey) -> ConversationRecord:
         async with self._sessions.begin() as session:
-            row = await self._conversation(session, key)
-            return ConversationRecord(id=row.id, key=key, created_at=row.created_at)
+            conversation_id, created_at = await self._conversation(session, key)
+        return ConversationRecord(id=conversation_id, key=key, created_at=created_at)
 
     async def add_message(
         self,
@@ -96,6 +122,7 @@ class Store:
         if role is Role.USER and generation is not None:
             raise ValueError("a user turn has no generation settings; pass `generation` for assistant turns only")
         values: dict[str, Any] = {
+            "conversation_id": None,  # set below, inside the transaction
             "role": role,
             "author_id": check_id("author_id", author_id),
             "text": check_text(text),
@@ -108,38 +135,20 @@ class Store:
             "sampling": dict(generation.sampling) if generation else None,
         }
         async with self._sessions.begin() as session:
-            conversation_id = (await self._conversation(session, key)).id
-            inserted = await session.scalar(
-                self._insert(Message)
-                .values(conversation_id=conversation_id, **values)
-                .on_conflict_do_nothing()
-                .returning(Message)
-            )
+            values["conversation_id"], _ = await self._conversation(session, key)
+            inserted = (await session.execute(self._add_message, values)).one_or_none()
             if inserted is not None:
                 return AddedMessage(message=message_record(inserted), duplicate=False)
-            first = await session.scalar(
-                select(Message).where(
-                    Message.conversation_id == conversation_id,
-                    Message.platform_message_id == platform_message_id,
-                )
-            )
-            assert first is not None, "ON CONFLICT skipped the insert, so the conflicting row exists"
-            log.debug("duplicate message %s in conversation %d ignored", platform_message_id, conversation_id)
-            return AddedMessage(message=message_record(first), duplicate=True)
+            first = (await session.execute(_FIND_MESSAGE, values)).one()  # ON CONFLICT means it exists
+        log.debug("duplicate message %s in conversation %d ignored", platform_message_id, first.conversation_id)
+        return AddedMessage(message=message_record(first), duplicate=True)
 
     async def recent_history(self, key: ConversationKey, limit: int = 20) -> list[StoredMessage]:
         """The newest `limit` turns of the conversation, oldest first (prompt order); [] for an unknown one."""
         if limit < 1:
             raise ValueError(f"history limit must be at least 1, got {limit}")
-        newest_first = (
-            select(Message)
-            .join(Conversation, Message.conversation_id == Conversation.id)
-            .where(*_is_conversation(key))
-            .order_by(Message.id.desc())
-            .limit(limit)
-        )
         async with self._read_sessions() as session:
-            rows = (await session.scalars(newest_first)).all()
+            rows = (await session.execute(_HISTORY_NEWEST_FIRST, {**asdict(key), "limit": limit})).all()
         return [message_record(row) for row in reversed(rows)]
 
     async def delete_message(self, *, platform: str, tenant: str, channel: str, platform_message_id: str) -> int:
@@ -306,26 +315,16 @@ class Store:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
-    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> Conversation:
-        """Get or create. Race-safe: a concurrent creator makes our insert a no-op and the second select finds its
-        row (SQLite serialises writers anyway; PostgreSQL's ON CONFLICT waits for the other transaction)."""
-        query = select(Conversation).where(*_is_conversation(key))
-        row = await session.scalar(query)
+    async def _conversation(self, session: AsyncSession, key: ConversationKey) -> tuple[int, datetime]:
+        """Get or create; returns the id and creation time. Race-safe: a concurrent creator makes our insert a no-op
+        and the second select finds its row (SQLite serialises writers anyway; PostgreSQL's ON CONFLICT waits for
+        the other transaction to finish)."""
+        params = asdict(key)
+        row = (await session.execute(_FIND_CONVERSATION, params)).one_or_none()
         if row is None:
-            await session.execute(
-                self._insert(Conversation).values(**asdict(key), created_at=utc_now()).on_conflict_do_nothing()
-            )
-            row = (await session.scalars(query)).one()
-        return row
-
-
-def _is_conversation(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
-    return (
-        Conversation.platform == key.platform,
-        Conversation.tenant == key.tenant,
-        Conversation.channel == key.channel,
-        Conversation.thread == key.thread,
-    )
+            await session.execute(self._create_conversation, {**params, "created_at": utc_now()})
+            row = (await session.execute(_FIND_CONVERSATION, params)).one()
+        return row.id, row.created_at
 
 
 async def _delete(session: AsyncSession, statement: Delete) -> int:
