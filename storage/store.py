@@ -122,7 +122,6 @@ class Store:
         if role is Role.USER and generation is not None:
             raise ValueError("a user turn has no generation settings; pass `generation` for assistant turns only")
         values: dict[str, Any] = {
-            "conversation_id": None,  # set below, inside the transaction
             "role": role,
             "author_id": check_id("author_id", author_id),
             "text": check_text(text),
@@ -135,11 +134,12 @@ class Store:
             "sampling": dict(generation.sampling) if generation else None,
         }
         async with self._sessions.begin() as session:
-            values["conversation_id"], _ = await self._conversation(session, key)
-            inserted = (await session.execute(self._add_message, values)).one_or_none()
+            conversation_id, _ = await self._conversation(session, key)
+            row = {**values, "conversation_id": conversation_id}
+            inserted = (await session.execute(self._add_message, row)).one_or_none()
             if inserted is not None:
                 return AddedMessage(message=message_record(inserted), duplicate=False)
-            first = (await session.execute(_FIND_MESSAGE, values)).one()  # ON CONFLICT means it exists
+            first = (await session.execute(_FIND_MESSAGE, row)).one()  # ON CONFLICT means it exists
         log.debug("duplicate message %s in conversation %d ignored", platform_message_id, first.conversation_id)
         return AddedMessage(message=message_record(first), duplicate=True)
 
@@ -168,8 +168,8 @@ class Store:
 
     async def forget_user(self, platform: str, user_id: str) -> int:
         """Delete everything the user wrote on `platform`, in every tenant, and their direct conversations whole
-        (the bot's replies there too). Returns the number of messages deleted. The audit log is kept: it records
-        admins' actions, which must stay accountable."""
+        (the bot's replies there too). Returns the number of messages deleted. Admin records (the audit log, checkpoint
+        loads, who last changed a channel's settings) are kept: admins' actions must stay accountable."""
         dms_tenant = dm_tenant(user_id)
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
         dms = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == dms_tenant)
