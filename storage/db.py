@@ -106,8 +106,13 @@ def create_engine(url: str | URL, *, connect_args: Mapping[str, Any] | None = No
         engine = create_async_engine(parsed, connect_args=args, echo=echo)
         _configure_sqlite(engine)
     else:
-        # pool_pre_ping: a PostgreSQL restart must cost one reconnect, not one failed user message per pooled socket.
-        engine = create_async_engine(parsed, connect_args=args, echo=echo, pool_pre_ping=True)
+        try:
+            # pool_pre_ping: a PostgreSQL restart must cost a reconnect, not a failed user message.
+            engine = create_async_engine(parsed, connect_args=args, echo=echo, pool_pre_ping=True)
+        except ImportError:
+            raise DatabaseURLError(
+                "PostgreSQL needs the asyncpg driver, which is not installed: pip install 'scratchbot[postgres]'"
+            ) from None
     log.debug("database engine for %s", parsed.render_as_string(hide_password=True))
     return engine
 

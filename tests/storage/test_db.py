@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,9 @@ async def test_sqlite_creates_the_data_directory_and_sets_wal_busy_timeout_and_f
         assert path.is_file()
     finally:
         await engine.dispose()
+
+
+def test_a_postgresql_url_without_the_driver_installed_says_which_extra_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what `import asyncpg` sees when it is not installed
+    with pytest.raises(DatabaseURLError, match=r"scratchbot\[postgres\]"):
+        create_engine("postgresql://bot@db/bot")
