@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.cli_models import add_download, add_evaluate
+
 if TYPE_CHECKING:
     from llm.model import GPTModel
 
@@ -235,6 +237,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_generate,
     _add_checkpoint_commands,
     _add_db_commands,
+    add_download,
+    add_evaluate,
 )
 
 
