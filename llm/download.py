@@ -234,7 +234,7 @@ def _fetch_into(url: str, part: Path, expected: _Expected, *, progress: bool | N
         with (
             open(part, mode) as out,
             tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-                 disable=None if progress is None else not progress, leave=False) as bar,
+                 disable=None if progress is None else not progress) as bar,
         ):  # fmt: skip
             try:
                 while chunk := response.read(_CHUNK):
