@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from bot.cli_models import add_download, add_evaluate
 
 if TYPE_CHECKING:
+    from bot.settings import Settings
     from llm.model import GPTModel
 
 log = logging.getLogger(__name__)
@@ -231,12 +232,58 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the service
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the bot", description=cmd_run.__doc__)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bot with the settings from the environment and .env (SCRATCHBOT_*; see .env.example). With no
+    platform tokens set it opens a chat in this terminal."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from bot.app import NoCheckpointError, run_service
+    from bot.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"SCRATCHBOT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise UserError(f"invalid settings: {problems}") from None
+    _configure_service_logging(settings, verbose=args.verbose)
+    try:
+        return asyncio.run(run_service(settings))
+    except NoCheckpointError as e:
+        raise UserError(str(e)) from None
+
+
+def _configure_service_logging(settings: Settings, *, verbose: bool) -> None:
+    """Logs go to standard error, except in the terminal chat, where they would interleave with the answers:
+    there they go to data_dir/scratchbot.log."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else settings.log_level)
+    if not settings.platforms:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.data_dir / "scratchbot.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_generate,
     _add_checkpoint_commands,
     _add_db_commands,
+    _add_run,
     add_download,
     add_evaluate,
 )

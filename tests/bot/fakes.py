@@ -1,0 +1,99 @@
+"""Test doubles for the service core: a generator that streams a scripted answer, a reply that records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.generation import (
+    Completion,
+    GenerationHandle,
+    GeneratorBusy,
+    GeneratorStats,
+    ModelInfo,
+    ReloadFailed,
+)
+from llm.generate import SamplingParams
+
+SHA = "ab" * 32
+
+
+class FakeGenerator:
+    """Answers every prompt with ``answer`` in a few deltas; records the prompts and settings it was given."""
+
+    def __init__(self, answer: str = " The answer is 4.", *, context_length: int = 1024) -> None:
+        self.answer = answer
+        self.prompts: list[list[int]] = []
+        self.params: list[SamplingParams] = []
+        self.busy = False
+        self.fail_with: BaseException | None = None
+        self.reload_error: str | None = None
+        self._context_length = context_length
+        self._info = ModelInfo("fake.safetensors", SHA, 1234, "cpu", "fp32", context_length, datetime.now(UTC))
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def stats(self) -> GeneratorStats:
+        return GeneratorStats(queue_depth=0, active=0, recent_tokens_per_second=12.5)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None):
+        def submit(handle: GenerationHandle) -> None:
+            if self.busy:
+                raise GeneratorBusy("queue full")
+            self.prompts.append(list(prompt_ids))
+            self.params.append(params)
+            asyncio.get_running_loop().call_soon(self._play, handle)
+
+        return GenerationHandle(submit, lambda handle: None)
+
+    def _play(self, handle: GenerationHandle) -> None:
+        if self.fail_with is not None:
+            handle.fail(self.fail_with)
+            return
+        words = self.answer.split(" ")
+        for i, word in enumerate(words):
+            handle.feed(word if i == 0 else " " + word)
+        info = self._info
+        handle.finish(Completion(self.answer, (1, 2, 3), "eot", info.name, info.sha256, 0.01, 0.001))
+
+    async def reload(self, path: Path, name: str) -> ModelInfo:
+        if self.reload_error:
+            raise ReloadFailed(self.reload_error)
+        self._info = ModelInfo(name, "cd" * 32, 999, "cpu", "fp32", self._context_length, datetime.now(UTC))
+        return self._info
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self, grace_s: float) -> None:
+        return None
+
+
+class RecordingReply:
+    """Keeps everything the core sent: whole messages and streamed answers (as the joined text)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.streamed: list[str] = []
+        self.deltas: list[list[str]] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    async def stream(self, deltas: AsyncIterator[str]) -> str:
+        got = [d async for d in deltas]
+        self.deltas.append(got)
+        self.streamed.append("".join(got))
+        return self.streamed[-1]
+
+    @property
+    def everything(self) -> str:
+        return "\n".join(self.sent + self.streamed)
