@@ -1,0 +1,82 @@
+"""Start-up: which checkpoint is served, what happens without one, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from bot import app
+from bot.app import NoCheckpointError, find_checkpoint
+from bot.cli import main
+from bot.settings import Settings
+from llm.checkpoints import save_checkpoint
+from llm.config import GPTConfig
+from tests.llm.conftest import make_model
+
+CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
+
+
+def settings_for(tmp_path: Path, **values: object) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "data", checkpoints_dir=tmp_path / "ckpts", **values)
+
+
+def test_the_configured_checkpoint_comes_first(tmp_path: Path) -> None:
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "other.pth").write_bytes(b"x")
+    chosen = tmp_path / "mine.safetensors"
+    assert find_checkpoint(settings_for(tmp_path, checkpoint=chosen), bundled=None) == chosen
+
+
+def test_then_the_newest_in_the_directory_then_the_bundled_demo(tmp_path: Path) -> None:
+    bundled = tmp_path / "demo.safetensors"
+    bundled.write_bytes(b"x")
+    assert find_checkpoint(settings_for(tmp_path), bundled=bundled) == bundled
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "new.pth").write_bytes(b"x")
+    assert find_checkpoint(settings_for(tmp_path), bundled=bundled).name == "new.pth"
+
+
+def test_without_any_checkpoint_run_says_how_to_get_one_and_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(NoCheckpointError, match="scratchbot download gpt2-medium"):
+        find_checkpoint(settings_for(tmp_path), bundled=None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(app, "bundled_checkpoint", lambda: None)
+    for name in [k for k in os.environ if k.startswith("SCRATCHBOT_")]:
+        monkeypatch.delenv(name)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchbot: error: no checkpoint to serve") and "SCRATCHBOT_CHECKPOINT" in err
+
+
+def test_invalid_settings_are_one_line_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_MAX_BATCH", "0")
+    assert main(["run"]) == 2
+    assert "SCRATCHBOT_MAX_BATCH" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_terminal_chat_cleanly(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=4), checkpoint)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRATCHBOT_")}
+    env.update(SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_DATA_DIR=str(tmp_path / "data"))
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "run"], cwd=str(tmp_path), env=env, encoding="utf-8",
+                          timeout=120)
+    try:
+        child.expect_exact("you> ")
+        child.sendline("Tell me a story")
+        child.expect_exact("bot> ")
+        child.kill(signal.SIGTERM)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0 and child.signalstatus is None
