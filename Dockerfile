@@ -1,28 +1,34 @@
-# scratchbot on a CPU: slim Python, the CPU build of torch (the default PyPI wheel is a multi-GB CUDA build),
-# a non-root user, and the data directory as a volume.
-FROM python:3.11-slim AS base
+# scratchbot on a CPU. Two stages: the builder installs into a virtual environment, the runtime copies only that
+# environment (no compilers, no pip cache). torch comes from PyTorch's CPU index: PyPI's default wheel is a
+# multi-GB CUDA build. Settings come from the environment (SCRATCHBOT_*, see .env.example).
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+FROM python:3.11-slim AS builder
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-
-WORKDIR /app
-
-# Dependencies first, so code changes do not reinstall torch.
-COPY constraints.txt pyproject.toml README.md ./
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, so a code change does not reinstall torch.
+COPY constraints.txt ./
 RUN pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0
-
+COPY pyproject.toml README.md ./
 COPY llm ./llm
 COPY bot ./bot
 COPY storage ./storage
-RUN pip install -c constraints.txt '.[discord,slack,postgres]' \
-    && useradd --create-home --uid 10001 scratchbot \
-    && mkdir -p /data && chown scratchbot:scratchbot /data
+RUN pip install -c constraints.txt '.[discord,slack,postgres]'
 
-USER scratchbot
+FROM python:3.11-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    SCRATCHBOT_DATA_DIR=/data \
+    SCRATCHBOT_CHECKPOINTS_DIR=/data/checkpoints
+COPY --from=builder /opt/venv /opt/venv
+RUN useradd --create-home --uid 10001 scratchbot \
+    && mkdir -p /data/checkpoints \
+    && chown -R scratchbot:scratchbot /data
+USER 10001
 WORKDIR /data
 VOLUME ["/data"]
-
 ENTRYPOINT ["scratchbot"]
-CMD ["--help"]
+CMD ["run"]

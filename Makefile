@@ -14,21 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,discord,slack,postgres]'
 	touch $(STAMP)
 
-# Until the bot lands, the main job demonstrates generation. Without CHECKPOINT=path it makes a random-weight
-# gpt2-small to show the pipeline and its speed (its text is gibberish: no trained weights ship yet).
-CHECKPOINT ?= data/random-gpt2-small.safetensors
-PROMPT ?= Name three primary colors.
-PRECISION ?= int8
-
-data/random-gpt2-small.safetensors: | $(STAMP)
-	mkdir -p data
-	$(BIN)/scratchbot init-model gpt2-small $@ --seed 0
-
-run: $(STAMP) $(CHECKPOINT)
-	$(BIN)/scratchbot generate --checkpoint '$(CHECKPOINT)' --precision $(PRECISION) --max-new-tokens 64 '$(PROMPT)'
+# The bot. With no platform tokens in the environment or .env it opens a chat in this terminal, serving
+# SCRATCHBOT_CHECKPOINT, else the newest checkpoint in data/checkpoints, else the bundled demo model.
+run: $(STAMP)
+	$(BIN)/scratchbot run
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
