@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.cli_finetune import add_finetune
 from bot.cli_models import add_download, add_evaluate
 
 if TYPE_CHECKING:
@@ -286,6 +287,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_run,
     add_download,
     add_evaluate,
+    add_finetune,
 )
 
 

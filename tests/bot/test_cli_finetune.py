@@ -1,0 +1,64 @@
+"""`scratchbot finetune` as a user meets it: a tiny model trained, saved, loaded back by `generate`; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from llm.assets import INSTRUCTION_DATA
+from llm.checkpoints import load_checkpoint
+
+TINY = ["--init", "gpt2-small", "--emb-dim", "32", "--n-layers", "2", "--n-heads", "4", "--context-length", "128"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "records.jsonl"
+    records = json.loads(INSTRUCTION_DATA.read_text())[:30]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_finetune_a_tiny_model_then_generate_with_it(data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tiny.safetensors"
+    argv = ["finetune", *TINY, "--data", str(data), "--out", str(out), "--lr", "1e-3", "--max-steps", "2"]
+    assert main([*argv, "--eval-every", "1", "--eval-batches", "1", "--quiet", "--save-book"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained 2 steps on 25 records" in printed and "validation loss" in printed
+    for path in (out, out.with_suffix(".pth"), tmp_path / "tiny-loss.png", tmp_path / "tiny-history.json"):
+        assert f"wrote {path}" in printed and path.is_file()
+    assert load_checkpoint(out).config.emb_dim == 32
+
+    assert main(["generate", "--checkpoint", str(out), "--json", "--max-new-tokens", "4", "Name a color."]) == 0
+    assert json.loads(capsys.readouterr().out)["new_tokens"] >= 1
+
+
+def test_finetune_continues_from_a_checkpoint_with_lora(data: Path, tmp_path: Path, capsys) -> None:
+    base = tmp_path / "base.safetensors"
+    assert main(["finetune", *TINY, "--data", str(data), "--out", str(base), "--max-steps", "1", "--quiet"]) == 0
+    out = tmp_path / "lora.safetensors"
+    argv = ["finetune", "--checkpoint", str(base), "--data", str(data), "--out", str(out), "--lora-rank", "2"]
+    assert main([*argv, "--max-steps", "1", "--mask-instruction", "--no-plot", "--quiet"]) == 0
+    assert "lora" not in " ".join(load_checkpoint(out).model.state_dict())
+    assert not (tmp_path / "lora-loss.png").exists()
+
+
+def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("this is not json\n")
+    assert main(["finetune", *TINY, "--data", str(bad), "--out", str(tmp_path / "x.safetensors"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratchbot: error:") and "line 1 is not JSON" in err and "\n" not in err
+
+
+def test_bad_options_are_user_errors(data: Path, tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "x.safetensors")
+    assert main(["finetune", *TINY, "--data", str(data), "--out", out, "--exact", "--grad-accum", "2"]) == 2
+    assert "--exact" in capsys.readouterr().err
+    assert main(["finetune", "--init", "gpt2-huge", "--data", str(data), "--out", out]) == 2
+    assert "unknown model preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --checkpoint and --init exclude each other
+        main(["finetune", "--init", "gpt2-small", "--checkpoint", out, "--out", out])
