@@ -1,0 +1,137 @@
+"""`scratchbot generate | convert | inspect | init-model` as a user meets them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.cli import main
+from llm.checkpoints import load_checkpoint, save_checkpoint
+from llm.config import GPTConfig
+from llm.generate import SamplingParams, generate_tokens
+from llm.prompts import render_prompt
+from llm.tokenizer import Tokenizer
+from tests.llm.conftest import make_model
+
+CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=5), path, format="safetensors")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_generate_wraps_the_prompt_in_the_alpaca_template(checkpoint: Path, capsys) -> None:
+    out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--max-new-tokens", "12", "Hi")
+    assert set(out) >= {"text", "token_ids", "prompt_tokens", "new_tokens", "seconds"}
+    tokenizer = Tokenizer()
+    prompt_ids = tokenizer.encode(render_prompt("Hi"))
+    model = load_checkpoint(checkpoint).model
+    expected = list(generate_tokens(model, prompt_ids, SamplingParams(max_new_tokens=12)))
+    assert out["prompt_tokens"] == len(prompt_ids)
+    assert out["token_ids"][: len(expected)] == expected[: len(out["token_ids"])]
+    assert out["new_tokens"] == len(out["token_ids"]) > 0
+    assert out["text"] == out["text"].strip()
+
+
+def test_generate_raw_sends_the_prompt_as_it_is(checkpoint: Path, capsys) -> None:
+    args = ["generate", "--checkpoint", str(checkpoint), "--json", "--raw", "--max-new-tokens", "10"]
+    out = run_json(capsys, *args, "Once upon a time")
+    model = load_checkpoint(checkpoint).model
+    ids = Tokenizer().encode("Once upon a time")
+    assert out["prompt_tokens"] == len(ids)
+    assert out["token_ids"] == list(generate_tokens(model, ids, SamplingParams(max_new_tokens=10)))
+    assert out["text"] == Tokenizer().decode(out["token_ids"])
+
+
+def test_generate_with_a_seed_is_repeatable(checkpoint: Path, capsys) -> None:
+    args = ["generate", "--checkpoint", str(checkpoint), "--json", "--raw", "--temperature", "1.0"]
+    args += ["--top-k", "50", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "15", "Hello"]
+    assert run_json(capsys, *args)["token_ids"] == run_json(capsys, *args)["token_ids"]
+
+
+def test_generate_streams_text_and_reports_speed_on_stderr(checkpoint: Path, capsys) -> None:
+    assert main(["generate", "--checkpoint", str(checkpoint), "--raw", "--max-new-tokens", "8", "Hello"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n") and len(captured.out) > 1
+    assert "tokens/s" in captured.err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_generate_in_reduced_precision(checkpoint: Path, capsys, precision: str) -> None:
+    out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--precision", precision, "Hi")
+    assert out["new_tokens"] == len(out["token_ids"])
+
+
+def user_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchbot: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    err = user_error(capsys, "generate", "--checkpoint", str(tmp_path / "nope.pth"), "Hi")
+    assert "nope.pth" in err
+
+
+def test_corrupt_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 100)
+    user_error(capsys, "generate", "--checkpoint", str(bad), "Hi")
+    user_error(capsys, "inspect", str(bad))
+
+
+def test_invalid_sampling_setting_is_one_clear_line(checkpoint: Path, capsys) -> None:
+    err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--top-p", "2", "Hi")
+    assert "top_p" in err
+
+
+def test_prompt_too_long_under_no_truncate_is_one_clear_line(checkpoint: Path, capsys) -> None:
+    err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--no-truncate", "--raw", "word " * 300)
+    assert "shorten it" in err
+
+
+def test_convert_and_inspect_every_format(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    source = load_checkpoint(checkpoint).model.state_dict()
+    for fmt, dst in [("book", tmp_path / "m.pth"), ("hf", tmp_path / "hf"), ("safetensors", tmp_path / "m.st")]:
+        assert main(["convert", str(checkpoint), str(dst), "--format", fmt]) == 0
+        capsys.readouterr()
+        info = run_json(capsys, "inspect", str(dst), "--json")
+        assert info["format"] == fmt
+        converted = load_checkpoint(dst).model.state_dict()
+        assert all(torch.equal(source[k], converted[k]) for k in source)
+    info = run_json(capsys, "inspect", str(checkpoint), "--json")
+    assert info["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_init_model_writes_a_loadable_preset(tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "small.safetensors"
+    assert main(["init-model", "gpt2-small", str(dst), "--seed", "1"]) == 0
+    assert "163,037,184 parameters" in capsys.readouterr().out  # 124M + the untied output head
+    loaded = load_checkpoint(dst)
+    assert loaded.config == GPTConfig.from_name("gpt2-small")
+
+
+def test_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "inspect", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "missing.safetensors" in proc.stderr
