@@ -250,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bot.app import NoCheckpointError, run_service
     from bot.settings import Settings
+    from storage.db import StorageError
 
     try:
         settings = Settings()
@@ -259,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _configure_service_logging(settings, verbose=args.verbose)
     try:
         return asyncio.run(run_service(settings))
-    except NoCheckpointError as e:
+    except (NoCheckpointError, StorageError) as e:  # wrong URL, server down, a database from a newer version
         raise UserError(str(e)) from None
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.db import sqlite_url
+
 log = logging.getLogger(__name__)
 
 CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'scratchbot.db').as_posix()}"
+        return sqlite_url(self.data_dir / "scratchbot.db")
 
     @property
     def platforms(self) -> list[str]:

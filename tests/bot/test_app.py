@@ -80,3 +80,16 @@ def test_sigterm_stops_the_terminal_chat_cleanly(tmp_path: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 0 and child.signalstatus is None
+
+
+def test_an_unreachable_database_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=4), checkpoint)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_CHECKPOINT", str(checkpoint))
+    monkeypatch.setenv("SCRATCHBOT_DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchbot: error: ") and err.count("\n") == 1 and "Traceback" not in err
