@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llm.config import GPTConfig
-from llm.engine import Engine, Event
+from llm.engine import Engine, Event, batch_friendly_layout
 from llm.generate import EOT_ID, PromptTooLongError, SamplingParams, generate_tokens, stream_text
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
@@ -242,3 +242,16 @@ def test_prompt_policy_and_vocabulary_are_checked_on_the_way_in(model: GPTModel)
     small_vocab = GPTModel(GPTConfig(vocab_size=1000, context_length=16, emb_dim=8, n_heads=2, n_layers=1))
     with pytest.raises(ValueError, match="GPT-2 tokenizer"):
         Engine(small_vocab, TOKENIZER)
+
+
+def test_the_batch_friendly_layout_keeps_values_names_and_outputs(model: GPTModel) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    expected = model(ids)
+    assert batch_friendly_layout(model) == 2 * (4 + 2) + 1  # two blocks of q, k, v, out_proj, two feed-forward; head
+    assert batch_friendly_layout(model) == 0, "converting twice changes nothing"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert not model.out_head.weight.is_contiguous()
+    torch.testing.assert_close(model(ids), expected)
