@@ -348,8 +348,7 @@ class LocalGenerator:
                 log.exception("the inference worker failed; failing the requests in flight")
                 unadmitted = [r for r in intake if r.served is None and not r.finished]
                 self._fail_all(unadmitted, GenerationFailed(f"the bot's inference worker failed ({type(e).__name__})"))
-            if deliveries:
-                self._call_soon(self._deliver, deliveries)
+            self._flush(deliveries)
             if stopping and not self._has_work() and not self._intake:
                 break
         with self._wake:
@@ -390,10 +389,12 @@ class LocalGenerator:
     def _step(self, deliveries: list[Delivery]) -> None:
         tokens, start = 0, time.monotonic()
         for served in list(self._served):
-            if served.engine.has_work:
-                for event in served.engine.step():
-                    tokens += event.token_id is not None
-                    self._on_event(served, event, deliveries)
+            while served.engine.can_admit:
+                # One prefill at a time, each first token sent at once: with many arrivals the first answer does
+                # not wait for every other prompt's prefill and the batch's decode step.
+                tokens += self._handle(served, served.engine.admit(limit=1), deliveries)
+                self._flush(deliveries)
+            tokens += self._handle(served, served.engine.decode(), deliveries)
             if served is not self._served[-1] and not served.engine.has_work:
                 self._served.remove(served)  # drained: the old model and its cache can go
                 log.info("old model %s drained", served.info.name)
@@ -401,6 +402,17 @@ class LocalGenerator:
             self._active = sum(s.engine.active for s in self._served)
             if tokens:
                 self._rates.append((start, time.monotonic(), tokens))
+
+    def _handle(self, served: _Served, events: list[Event], deliveries: list[Delivery]) -> int:
+        """Route events to their requests; return how many tokens they carry."""
+        for event in events:
+            self._on_event(served, event, deliveries)
+        return sum(event.token_id is not None for event in events)
+
+    def _flush(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._call_soon(self._deliver, deliveries.copy())
+            deliveries.clear()
 
     def _on_event(self, served: _Served, event: Event, deliveries: list[Delivery]) -> None:
         request = served.requests.get(event.seq_id)

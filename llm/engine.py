@@ -137,12 +137,30 @@ class Engine:
 
     # --------------------------------------------------------------------------------------------------- step
 
-    @torch.inference_mode()
     def step(self) -> list[Event]:
         """Admit waiting sequences into free rows, then advance every active row by one token."""
+        return self.admit() + self.decode()
+
+    @property
+    def can_admit(self) -> bool:
+        return bool(self._waiting) and len(self._rows) < self.max_batch
+
+    @torch.inference_mode()
+    def admit(self, limit: int | None = None) -> list[Event]:
+        """The first half of `step`: prefill up to ``limit`` waiting sequences (all that fit by default).
+
+        A caller that streams can deliver each new sequence's first token before the batch's decode step.
+        """
         events: list[Event] = []
-        while self._waiting and len(self._rows) < self.max_batch:
+        while self.can_admit and (limit is None or limit > 0):
             self._admit(self._waiting.popleft(), events)
+            limit = None if limit is None else limit - 1
+        return events
+
+    @torch.inference_mode()
+    def decode(self) -> list[Event]:
+        """The second half of `step`: one batched forward pass, one new token for every active row."""
+        events: list[Event] = []
         if self._rows:
             self._decode(events)
         return events
