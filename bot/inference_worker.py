@@ -1,0 +1,340 @@
+"""The thread that owns the models: it runs their `Engine`s and hands results back to the event loop.
+
+`bot.inference.LocalGenerator` is the asyncio face; this is the other side of its queue. The loop thread calls
+`submit`, `cancel`, `swap`, `stop` and `abort`, which only touch the few fields guarded by one lock and wake the
+thread; everything else (engines, requests in flight) belongs to the thread alone. Results travel back in batches
+through ``loop.call_soon_threadsafe``: one call per admission or decode step, not one per token per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.generation import (
+    Completion,
+    GenerationFailed,
+    GenerationHandle,
+    GenerationTimeout,
+    GeneratorBusy,
+    GeneratorStats,
+    ModelInfo,
+    ReloadFailed,
+)
+from llm.engine import Engine, Event
+from llm.generate import SamplingParams
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0  # `recent_tokens_per_second` counts the tokens of this many past seconds
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation, from acceptance to its outcome."""
+
+    handle: GenerationHandle
+    prompt_ids: list[int]
+    params: SamplingParams
+    timeout_s: float | None
+    accepted_at: float = 0.0  # time.monotonic()
+    served: Served | None = None  # the engine it runs on, once admitted
+    seq_id: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    finished: bool = False  # its outcome is on the way to the handle
+
+    def expired(self, now: float) -> bool:
+        return self.timeout_s is not None and now - self.accepted_at > self.timeout_s
+
+
+@dataclass(eq=False)
+class Served:
+    """One model's engine and the requests running on it; an old one drains after a reload."""
+
+    engine: Engine
+    info: ModelInfo
+    requests: dict[int, Request] = field(default_factory=dict)  # by engine sequence id
+
+
+@dataclass(eq=False)
+class _Swap:
+    served: Served
+    done: asyncio.Future[ModelInfo]
+
+
+Delivery = tuple[GenerationHandle, str | Completion | BaseException]
+
+
+class InferenceWorker:
+    """One thread, the current model's engine plus any old ones still draining after a reload."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, served: Served, *, capacity: int) -> None:
+        self._loop = loop
+        self._capacity = capacity  # requests accepted at once, generating or waiting
+        self._info = served.info
+        self._thread = threading.Thread(target=self._run, name="scratchbot-inference", daemon=True)
+        # Shared with the loop thread, under `_lock`.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._intake: deque[Request] = deque()
+        self._cancels: list[Request] = []
+        self._swap: _Swap | None = None
+        self._stopping = False  # finish what was accepted, then exit
+        self._abort = False  # fail whatever is still running, then exit
+        self._outstanding = 0  # accepted and not yet finished
+        self._active = 0
+        self._rates: deque[tuple[float, float, int]] = deque()  # (start, end, tokens) of recent steps
+        # The worker thread's alone.
+        self._served: list[Served] = [served]  # the last one is current; earlier ones drain
+
+    # ------------------------------------------------------------------------------------- event-loop side
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model new requests run on."""
+        return self._info
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def submit(self, request: Request) -> None:
+        """Accept a request, or raise `GeneratorBusy` at once when `capacity` requests are already accepted."""
+        with self._wake:
+            if self._outstanding >= self._capacity:
+                raise GeneratorBusy(f"the bot is busy ({self._outstanding} requests ahead); try again in a moment")
+            request.accepted_at = time.monotonic()
+            self._outstanding += 1
+            self._intake.append(request)
+            self._wake.notify()
+
+    def cancel(self, request: Request) -> None:
+        with self._wake:
+            if request in self._intake:
+                self._intake.remove(request)
+                self._outstanding -= 1
+            else:
+                self._cancels.append(request)
+                self._wake.notify()
+
+    def swap(self, served: Served) -> asyncio.Future[ModelInfo]:
+        """Hand over a checked model; the future resolves once new requests go to it."""
+        done: asyncio.Future[ModelInfo] = self._loop.create_future()
+        with self._wake:
+            if self._stopping:  # the thread may be gone and would never take the new model
+                raise ReloadFailed("the generator is shutting down; nothing was changed")
+            self._swap = _Swap(served, done)
+            self._wake.notify()
+        return done
+
+    def stop(self) -> None:
+        """Take nothing new; exit once every accepted request has finished."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+
+    def abort(self) -> None:
+        """Fail whatever is still running, then exit."""
+        with self._wake:
+            log.warning("cutting %d unfinished generations short", self._outstanding)
+            self._stopping = self._abort = True
+            self._wake.notify()
+
+    def stats(self) -> GeneratorStats:
+        now = time.monotonic()
+        with self._lock:
+            while self._rates and self._rates[0][1] < now - RATE_WINDOW_S:
+                self._rates.popleft()
+            tokens = sum(n for _, _, n in self._rates)
+            # Over the time since the window's first step began: a burst that started 2 s ago is not spread over 10.
+            span = now - self._rates[0][0] if self._rates else 0.0
+            waiting, active = self._outstanding - self._active, self._active
+        rate = tokens / span if span > 0 else 0.0
+        return GeneratorStats(queue_depth=waiting, active=active, recent_tokens_per_second=rate)
+
+    @staticmethod
+    def _deliver(deliveries: list[Delivery]) -> None:
+        for handle, item in deliveries:
+            if isinstance(item, str):
+                handle.feed(item)
+            elif isinstance(item, Completion):
+                handle.finish(item)
+            else:
+                handle.fail(item)
+
+    @staticmethod
+    def _resolve(future: asyncio.Future[ModelInfo], outcome: ModelInfo | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    # ------------------------------------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._intake or self._cancels or self._swap or self._stopping or self._has_work()):
+                    self._wake.wait()  # idle: sleep until the loop hands over something
+                intake, self._intake = self._intake, deque()
+                cancels, self._cancels = self._cancels, []
+                swap, self._swap = self._swap, None
+                stopping, abort = self._stopping, self._abort
+            deliveries: list[Delivery] = []
+            try:
+                if swap is not None:
+                    self._served.append(swap.served)
+                    self._info = swap.served.info  # new streams see the new context length from now on
+                    self._call_soon(self._resolve, swap.done, swap.served.info)
+                    log.info("swapped in %s (%s)", swap.served.info.name, swap.served.info.sha256[:12])
+                for request in cancels:
+                    self._drop(request)
+                if abort:
+                    self._fail_all(list(intake), GenerationFailed("the bot shut down before this answer finished"))
+                    break
+                for request in intake:
+                    self._admit(request, deliveries)
+                self._expire(deliveries)
+                self._step(deliveries)
+            except Exception as e:
+                # A defect of ours, not of one request: fail what is running rather than let the thread die.
+                log.exception("the inference worker failed; failing the requests in flight")
+                unadmitted = [r for r in intake if r.served is None and not r.finished]
+                self._fail_all(unadmitted, GenerationFailed(f"the bot's inference worker failed ({type(e).__name__})"))
+            self._flush(deliveries)
+            if stopping and not self._has_work() and not self._intake:
+                break
+        with self._wake:
+            swap, self._swap = self._swap, None
+        if swap is not None:
+            self._call_soon(self._resolve, swap.done, ReloadFailed("the generator shut down during the reload"))
+        log.info("inference worker stopped")
+
+    def _has_work(self) -> bool:
+        return any(s.engine.has_work for s in self._served)
+
+    def _admit(self, request: Request, deliveries: list[Delivery]) -> None:
+        served = self._served[-1]
+        try:
+            request.seq_id = served.engine.submit(request.prompt_ids, request.params)
+        except Exception as e:  # the prompt no longer fits after a reload to a shorter context, ...
+            self._finish(request, deliveries, e)
+            return
+        request.served = served
+        served.requests[request.seq_id] = request
+
+    def _drop(self, request: Request) -> None:
+        served = request.served
+        if served is not None and served.requests.pop(request.seq_id, None) is not None:
+            served.engine.cancel(request.seq_id)
+            with self._lock:
+                self._outstanding -= 1
+
+    def _expire(self, deliveries: list[Delivery]) -> None:
+        now = time.monotonic()
+        for served in self._served:
+            for request in [r for r in served.requests.values() if r.expired(now)]:
+                del served.requests[request.seq_id]
+                served.engine.cancel(request.seq_id)
+                error = GenerationTimeout(f"no complete answer within {request.timeout_s:g} seconds")
+                self._finish(request, deliveries, error)
+
+    def _step(self, deliveries: list[Delivery]) -> None:
+        tokens, start = 0, time.monotonic()
+        for served in list(self._served):
+            while served.engine.can_admit:
+                # One prefill at a time, each first token sent at once: with many arrivals the first answer does
+                # not wait for every other prompt's prefill and the batch's decode step.
+                tokens += self._handle(served, served.engine.admit(limit=1), deliveries)
+                self._flush(deliveries)
+            tokens += self._handle(served, served.engine.decode(), deliveries)
+            if served is not self._served[-1] and not served.engine.has_work:
+                self._served.remove(served)  # drained: the old model and its cache can go
+                log.info("old model %s drained", served.info.name)
+        with self._lock:
+            self._active = sum(s.engine.active for s in self._served)
+            if tokens:
+                self._rates.append((start, time.monotonic(), tokens))
+
+    def _handle(self, served: Served, events: list[Event], deliveries: list[Delivery]) -> int:
+        """Route events to their requests; return how many tokens they carry."""
+        for event in events:
+            self._on_event(served, event, deliveries)
+        return sum(event.token_id is not None for event in events)
+
+    def _flush(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            self._call_soon(self._deliver, deliveries.copy())
+            deliveries.clear()
+
+    def _on_event(self, served: Served, event: Event, deliveries: list[Delivery]) -> None:
+        request = served.requests.get(event.seq_id)
+        if request is None:
+            return
+        if event.token_id is not None:
+            request.token_ids.append(event.token_id)
+            if request.first_token_at is None:
+                request.first_token_at = time.monotonic()
+        if event.text:
+            request.parts.append(event.text)
+            deliveries.append((request.handle, event.text))
+        if not event.finished:
+            return
+        del served.requests[event.seq_id]
+        if event.error is not None:
+            log.error("generation on %s failed", served.info.name, exc_info=event.error)
+            failure = GenerationFailed("the model failed while writing this answer; the error was logged")
+            self._finish(request, deliveries, failure)
+        else:
+            self._finish(request, deliveries, self._completion(request, served.info, str(event.finish_reason)))
+
+    def _completion(self, request: Request, info: ModelInfo, reason: str) -> Completion:
+        now = time.monotonic()
+        first = None if request.first_token_at is None else request.first_token_at - request.accepted_at
+        return Completion(
+            text="".join(request.parts),
+            token_ids=tuple(request.token_ids),
+            finish_reason=reason,
+            model_name=info.name,
+            model_sha256=info.sha256,
+            seconds=now - request.accepted_at,
+            first_token_seconds=first,
+        )
+
+    def _finish(self, request: Request, deliveries: list[Delivery], outcome: Completion | BaseException) -> None:
+        request.finished = True
+        deliveries.append((request.handle, outcome))
+        with self._lock:
+            self._outstanding -= 1
+
+    def _fail_all(self, pending: list[Request], error: BaseException) -> None:
+        deliveries: list[Delivery] = [(r.handle, error) for r in pending]
+        for served in self._served:
+            for request in served.requests.values():
+                served.engine.cancel(request.seq_id)
+                deliveries.append((request.handle, error))
+            served.requests.clear()
+        with self._lock:
+            self._outstanding -= len(deliveries)
+            self._active = 0
+        self._call_soon(self._deliver, deliveries)
+
+    def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this any more
+            log.debug("event loop closed; dropped a delivery from the inference worker")
