@@ -20,6 +20,7 @@ from bot.inference import (
     LocalGenerator,
     ReloadFailed,
 )
+from bot.inference_worker import InferenceWorker
 from llm.checkpoints import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from llm.config import GPTConfig
 from llm.generate import PromptTooLongError, SamplingParams, generate_tokens
@@ -293,3 +294,21 @@ async def test_close_cuts_short_what_outlives_the_grace_period(paths: dict[str, 
     assert time.monotonic() - began < 1.0
     with pytest.raises(GenerationFailed, match="shut down"):
         await task
+
+
+async def test_an_idle_worker_sleeps(paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    passes = 0
+    real_step = InferenceWorker._step
+
+    def counting_step(self: InferenceWorker, deliveries: list) -> None:
+        nonlocal passes
+        passes += 1
+        real_step(self, deliveries)
+
+    monkeypatch.setattr(InferenceWorker, "_step", counting_step)
+    async with serving(load_checkpoint(paths["a"])) as generator:
+        await run(generator, PROMPTS[0], SamplingParams(max_new_tokens=5))
+        busy = passes
+        await asyncio.sleep(0.3)
+        assert passes == busy, "the worker loop ran with nothing to do"
+        assert (await run(generator, PROMPTS[1], SamplingParams(max_new_tokens=5))).new_tokens == 5
