@@ -188,12 +188,12 @@ async def test_the_event_loop_keeps_running_while_the_model_works(paths: dict[st
         ticker = asyncio.create_task(tick())
         began = time.monotonic()
         await asyncio.gather(
-            run(generator, PROMPTS[0], SamplingParams(max_new_tokens=30)), generator.reload(paths["b"], "b")
+            run(generator, PROMPTS[0], SamplingParams(max_new_tokens=40)), generator.reload(paths["b"], "b")
         )
         took = time.monotonic() - began
         ticker.cancel()
-        assert took > 0.5 and len(gaps) > 20
-        assert max(gaps) < 0.2, f"the loop stalled for {max(gaps):.3f}s while generating and reloading"
+        assert took > 0.8 and len(gaps) > 20
+        assert max(gaps) < 0.3, f"the loop stalled for {max(gaps):.3f}s while generating and reloading"
 
 
 async def test_reload_under_traffic_finishes_old_requests_on_the_old_model(paths: dict[str, Path]) -> None:
