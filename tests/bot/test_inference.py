@@ -126,7 +126,7 @@ async def test_a_full_queue_answers_busy_at_once(paths: dict[str, Path]) -> None
             with pytest.raises(GeneratorBusy, match="busy"):
                 async with generator.stream(PROMPTS[2], GREEDY):
                     pass
-            assert time.monotonic() - began < 0.1
+            assert time.monotonic() - began < 0.5  # the generating request alone needs over a second
         # Leaving the two handles cancelled them; the queue takes requests again.
         await wait_until(lambda: generator.stats().active == generator.stats().queue_depth == 0)
         assert (await run(generator, PROMPTS[2], SamplingParams(max_new_tokens=3))).new_tokens == 3
