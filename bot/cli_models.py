@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 url=args.judge_url,
                 model=args.judge_model,
                 api=args.judge_api,
-                api_key=os.environ.get(JUDGE_API_KEY_ENV) or None,
+                api_key=_judge_api_key(),
                 timeout=args.judge_timeout,
             )
             report = score_responses(records, judge, progress=progress)
@@ -153,6 +152,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (EvaluationError, DataError) as e:
         raise UserError(str(e)) from None
     return 0
+
+
+def _judge_api_key() -> str | None:
+    from bot.settings import EvaluateSettings
+
+    key = EvaluateSettings().judge_api_key
+    return key.get_secret_value() if key is not None else None
 
 
 def _print_scores(report: JudgeReport, total: int, judge_model: str) -> None:

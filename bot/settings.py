@@ -87,3 +87,14 @@ class Settings(BaseSettings):
         if self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret):
             found.append("slack")
         return found
+
+
+class EvaluateSettings(BaseSettings):
+    """What `scratchbot evaluate` reads from the environment: only the judge's key, so an unrelated bad setting
+    of the bot does not stop an evaluation. A key on the command line would land in the shell history."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCRATCHBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    judge_api_key: SecretStr | None = None  # bearer token for the judge's chat endpoint, if it needs one

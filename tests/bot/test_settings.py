@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.settings import Settings
+from bot.settings import EvaluateSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,4 +58,19 @@ def test_secrets_never_appear_in_repr_or_str(monkeypatch: pytest.MonkeyPatch, tm
 
 def test_env_example_lists_every_setting() -> None:
     documented = set(re.findall(r"SCRATCHBOT_([A-Z0-9_]+)=", (ROOT / ".env.example").read_text()))
-    assert documented == {name.upper() for name in Settings.model_fields}
+    expected = {name.upper() for name in Settings.model_fields} | {n.upper() for n in EvaluateSettings.model_fields}
+    assert documented == expected
+
+
+def test_the_judge_key_for_evaluate_is_read_here_and_kept_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.cli_models import _judge_api_key
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_JUDGE_API_KEY", "sk-judge-secret")
+    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "not a number")  # a bad bot setting must not stop an evaluation
+    assert "sk-judge-secret" not in repr(EvaluateSettings())
+    assert _judge_api_key() == "sk-judge-secret"
+    monkeypatch.delenv("SCRATCHBOT_JUDGE_API_KEY")
+    assert _judge_api_key() is None
