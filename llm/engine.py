@@ -10,7 +10,7 @@ hole (only the positions it has written). That costs one copy per finished seque
 the cache through plain slices instead of gathering the rows of every layer again at every step.
 
 The engine is synchronous and single-threaded: the caller (``bot.inference``'s worker thread) owns it, and the
-model with it: `Engine` re-lays out the model's fp32 linear weights in place (same values, see `batch_friendly_layout`).
+model with it: `Engine` gives an fp32 model the weight layouts of `llm.cpu_layout` in place (same values).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
+from llm.cpu_layout import prepare_for_batches
 from llm.generate import (
     EOT_ID,
     FinishReason,
@@ -84,7 +84,7 @@ class Engine:
                 f"the model's vocabulary has {model.config.vocab_size} tokens but the tokenizer's has "
                 f"{tokenizer.vocab_size}; use a checkpoint trained with the GPT-2 tokenizer"
             )
-        batch_friendly_layout(model)
+        prepare_for_batches(model, max_batch)
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -241,25 +241,3 @@ class Engine:
                     values[:, row, :, :n] = values[:, last, :, :n]
                     self._rows[row] = moved
                 self._rows.pop()
-
-
-def batch_friendly_layout(model: nn.Module) -> int:
-    """Store each fp32 CPU ``nn.Linear`` weight as the transpose of a contiguous (in, out) matrix; return how many.
-
-    Values, shapes, names and the state dict stay the same; only the memory order changes. MKL multiplies a few rows
-    (a decode step of a batch) about twice as fast with the weight in (in, out) order as in the (out, in) order
-    ``nn.Linear`` keeps: 8 rows x gpt2-small's 3072x768 took 0.62 vs 1.33 ms, the 50257x768 head 35 vs 50 ms, on
-    this project's 2-core CPU (torch 2.13, one thread); one row and prompt-sized inputs measured no slower.
-    A weight tied to the token embedding moves with it; the embedding reads rows of it either way.
-    """
-    changed = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if type(module) is not nn.Linear:  # not subclasses: bf16 and int8 layers have their own kernels
-                continue
-            weight = module.weight
-            # A weight that is not contiguous is already in (in, out) order: converting twice changes nothing.
-            if weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous():
-                weight.data = weight.data.t().contiguous().t()
-                changed += 1
-    return changed

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from llm.config import GPTConfig
-from llm.engine import Engine, Event, batch_friendly_layout
+from llm.cpu_layout import PackedHead, batch_friendly_layout, pack_head
+from llm.engine import Engine, Event
 from llm.generate import EOT_ID, PromptTooLongError, SamplingParams, generate_tokens, stream_text
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
@@ -244,14 +245,17 @@ def test_prompt_policy_and_vocabulary_are_checked_on_the_way_in(model: GPTModel)
         Engine(small_vocab, TOKENIZER)
 
 
-def test_the_batch_friendly_layout_keeps_values_names_and_outputs(model: GPTModel) -> None:
+def test_the_batch_layouts_keep_values_names_and_outputs(model: GPTModel) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ids = torch.tensor([[464, 3290, 318, 257]])
-    expected = model(ids)
+    one, rows = torch.tensor([[464]]), torch.tensor([[464, 3290, 318, 257], [40, 588, 262, 3290]])
+    expected_one, expected_rows = model(one), model(rows)
     assert batch_friendly_layout(model) == 2 * (4 + 2) + 1  # two blocks of q, k, v, out_proj, two feed-forward; head
     assert batch_friendly_layout(model) == 0, "converting twice changes nothing"
+    assert not model.out_head.weight.is_contiguous()
+    assert pack_head(model, max_rows=4) and isinstance(model.out_head, PackedHead)
+    assert not pack_head(model, max_rows=4), "packing twice changes nothing"
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
-    assert not model.out_head.weight.is_contiguous()
-    torch.testing.assert_close(model(ids), expected)
+    torch.testing.assert_close(model(one), expected_one)  # one row: the plain head
+    torch.testing.assert_close(model(rows), expected_rows)  # several rows: the packed copy
