@@ -86,7 +86,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     started = time.perf_counter()
     _check(config)
     device = _device(config.device)
-    autocast_dtype = _autocast_dtype(config, device)
+    amp_dtype = autocast_dtype(config, device)
     model = build_model(config, device)
     max_length = min(config.max_length, model.config.context_length)
     if max_length < config.max_length:
@@ -106,16 +106,16 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if config.lora_rank:
         add_lora(model, config.lora_rank, config.lora_alpha)
     model.to(device)
-    precision = "fp32" if autocast_dtype is None else "bf16"
+    precision = "fp32" if amp_dtype is None else "bf16"
     log.info("finetuning on %s (%s), %d train / %d validation records", device, precision, len(train_set), len(val_set))
 
     if config.exact:
         history = train_exact(model, train_set, val_set, config, device)
     else:
-        history = train_fast(model, train_set, val_set, config, device, autocast_dtype)
+        history = train_fast(model, train_set, val_set, config, device, amp_dtype)
     train_batches = file_order_batches(train_set, config, device, config.eval_batches)
-    train_loss = mean_batch_loss(model, train_batches, device, autocast_dtype)
-    val_loss = mean_batch_loss(model, file_order_batches(val_set, config, device), device, autocast_dtype)
+    train_loss = mean_batch_loss(model, train_batches, device, amp_dtype)
+    val_loss = mean_batch_loss(model, file_order_batches(val_set, config, device), device, amp_dtype)
 
     if config.lora_rank:
         merge_lora(model)
@@ -127,12 +127,14 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     }
     summary = {
         "origin": "scratchbot finetune",
-        "start": str(config.checkpoint) if config.checkpoint else f"random init ({config.init}, seed {config.seed})",
+        "start": str(config.checkpoint) if config.checkpoint else _fresh_description(config),
         "data": Path(config.data).name,
         "data_sha256": file_sha256(config.data),
         "examples": examples,
         "epochs": config.epochs,
         "steps": len(history.step_losses),
+        "tokens": history.tokens,
+        "train_seconds": round(history.train_seconds, 1),
         "train_loss": round(train_loss, 4),
         "val_loss": round(val_loss, 4),
         "exact": config.exact,
@@ -168,7 +170,7 @@ def build_model(config: FinetuneConfig, device: str) -> GPTModel:
         return model.to(device)
     model_config = GPTConfig.from_name(config.init or "gpt2-small", drop_rate=config.drop_rate, **config.shape)
     model = GPTModel(model_config).init_weights(torch.Generator().manual_seed(config.seed))
-    log.info("fresh %s: %s parameters, random weights (seed %d)", config.init, f"{model.num_parameters:,}", config.seed)
+    log.info("%s: %s parameters", _fresh_description(config), f"{model.num_parameters:,}")
     return model.to(device)
 
 
@@ -185,6 +187,7 @@ def plot_losses(history: TrainHistory, path: Path) -> Path:
         steps = [e.step for e in history.evals]
         ax.plot(steps, [e.train_loss for e in history.evals], color="tab:blue", label="train (eval)")
         ax.plot(steps, [e.val_loss for e in history.evals], color="tab:orange", linestyle="-.", label="validation")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")
@@ -226,7 +229,7 @@ def _device(requested: str) -> str:
     return requested
 
 
-def _autocast_dtype(config: FinetuneConfig, device: str) -> torch.dtype | None:
+def autocast_dtype(config: FinetuneConfig, device: str) -> torch.dtype | None:
     """bf16 where the hardware computes in it natively; None (fp32) otherwise, and always for --exact."""
     if config.exact or config.precision == "fp32":
         return None
@@ -255,6 +258,11 @@ def _save(model: GPTModel, config: FinetuneConfig, summary: dict[str, Any]) -> t
     if config.save_book:
         book = save_checkpoint(state, config.out.with_suffix(".pth"), "book", config=saved_config)
     return checkpoint, book
+
+
+def _fresh_description(config: FinetuneConfig) -> str:
+    shape = "".join(f", {k}={v}" for k, v in config.shape.items())
+    return f"random init ({config.init}{shape}, seed {config.seed})"
 
 
 def _sibling(out: Path, suffix: str) -> Path:

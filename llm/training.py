@@ -53,15 +53,24 @@ class EvalPoint:
 @dataclass
 class TrainHistory:
     step_losses: list[float] = field(default_factory=list)  # the training loss of every optimizer step
+    step_tokens: list[int] = field(default_factory=list)  # real tokens of every step (padding excluded)
+    step_positions: list[int] = field(default_factory=list)  # positions computed, padding included
+    step_seconds: list[float] = field(default_factory=list)  # wall clock of every step; evaluations excluded
     evals: list[EvalPoint] = field(default_factory=list)
-    tokens: int = 0  # real tokens trained on (padding excluded): the numerator of tokens/s
-    padded_tokens: int = 0  # positions the model computed, padding included
-    train_seconds: float = 0.0  # time spent in training steps; evaluations excluded
     eval_seconds: float = 0.0
 
     @property
+    def tokens(self) -> int:
+        return sum(self.step_tokens)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+        seconds = self.train_seconds
+        return self.tokens / seconds if seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,9 +277,9 @@ def _count(history: TrainHistory, inputs: torch.Tensor, loss: float, started: fl
             f"the training loss became {loss} at step {len(history.step_losses)}; lower the learning rate"
         )
     history.step_losses.append(loss)
-    history.tokens += int((inputs != END_OF_TEXT_ID).sum())  # text never encodes to 50256: the rest is padding
-    history.padded_tokens += inputs.numel()
-    history.train_seconds += time.perf_counter() - started
+    history.step_tokens.append(int((inputs != END_OF_TEXT_ID).sum()))  # text never encodes to 50256: rest is padding
+    history.step_positions.append(inputs.numel())
+    history.step_seconds.append(time.perf_counter() - started)
 
 
 def _evaluate(model: GPTModel, history: TrainHistory, step: int, measure: Callable[[], tuple[float, float]]) -> None:
