@@ -148,7 +148,8 @@ class InferenceWorker:
     def abort(self) -> None:
         """Fail whatever is still running, then exit."""
         with self._wake:
-            log.warning("cutting %d unfinished generations short", self._outstanding)
+            if self._outstanding:
+                log.warning("cutting %d unfinished generations short", self._outstanding)
             self._stopping = self._abort = True
             self._wake.notify()
 
