@@ -66,7 +66,7 @@ class _Sequence:
         self.prompt = prompt  # after the overflow policy
         self.params = params
         self.decoder = decoder
-        self.budget = 0  # how many tokens this sequence may still produce in total; set on admission
+        self.budget = 0  # tokens it may produce in all (max_new_tokens, or less at the context end); set on admission
         self.generator: torch.Generator | None = None  # its own, so sampling does not depend on batch neighbours
         self.generated = 0
         self.pending = 0  # the sampled token not yet run through the model
