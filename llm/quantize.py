@@ -9,6 +9,9 @@ Bytes alone are not the whole story: the kernel matters. On this project's CPU (
 2.13) a one-row bf16 ``F.linear`` streams weights at about half the rate fp32 does, so bf16 would gain little;
 ``torch.mv`` on the same bf16 matrix is 1.4-1.6x faster, and `MatVecLinear` routes single rows through it.
 
+Both are CPU-first. On a GPU, bf16 is the mode to use (cuBLAS handles one row well, so `MatVecLinear` leaves it
+to ``F.linear`` there); int8 runs but converts each matrix to bf16 on every call, which saves memory, not time.
+
 The module tree keeps the book's names: the replacement layers sit at the attribute paths of the ``nn.Linear``
 they replace and hold their matrix as ``weight``, so ``trf_blocks.3.att.W_query.weight`` still exists.
 """
@@ -54,11 +57,12 @@ class MatVecLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != self.in_features or x.device.type != "cpu":
-            return F.linear(x, self.weight, self.bias)
-        y = torch.mv(self.weight, x.reshape(-1))  # (out,)
-        if self.bias is not None:
-            y = y + self.bias  # mv then add measured faster than the fused addmv for bf16
+        weight, bias = self.weight, self.bias
+        if x.numel() != self.in_features or not x.is_cpu:
+            return F.linear(x, weight, bias)
+        y = torch.mv(weight, x.reshape(-1))  # (out,)
+        if bias is not None:
+            y = y.add_(bias)  # mv then add measured faster than the fused addmv for bf16
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
@@ -100,15 +104,18 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = self.scales.dtype
-        x2d = x.reshape(-1, self.in_features).to(dtype).contiguous()  # (B*T, in)
-        if x2d.device.type == "cpu" and self.in_features % _PACK_BLOCK == 0 and x2d.shape[0] < _PACK_MAX_ROWS:
-            y = torch._weight_int8pack_mm(x2d, self.weight, self.scales)  # (B*T, out)
+        # Runs ~150 times per decode step of gpt2-medium: buffers are read once and no-op conversions skipped.
+        weight, scales, bias = self.weight, self.scales, self.bias
+        x2d = x.reshape(-1, self.in_features)  # (B*T, in)
+        if x2d.dtype != scales.dtype:
+            x2d = x2d.to(scales.dtype)
+        if x2d.shape[0] < _PACK_MAX_ROWS and self.in_features % _PACK_BLOCK == 0 and x2d.is_cpu:
+            y = torch._weight_int8pack_mm(x2d.contiguous(), weight, scales)  # (B*T, out)
         else:
             # Per-output-channel scales commute with the matmul: x @ (W * s[:, None]).T == (x @ W.T) * s.
-            y = F.linear(x2d, self.weight.to(dtype)) * self.scales  # (B*T, out)
-        if self.bias is not None:
-            y = y + self.bias
+            y = F.linear(x2d, weight.to(scales.dtype)).mul_(scales)  # (B*T, out)
+        if bias is not None:
+            y = y.add_(bias)
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def extra_repr(self) -> str:
