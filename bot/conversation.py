@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,10 @@ HELP = (
     " (deletes your stored messages); admins: reload [name], settings [key value]."
 )
 SUMMARIZE_INSTRUCTION = "Summarize the following conversation in a few sentences."
+# Below this many characters a prompt renders in well under a millisecond: a thread hop would cost more.
+INLINE_RENDER_CHARS = 8_000
+# Channel settings are read on every message but change rarely; other bot processes' changes show within this.
+SETTINGS_TTL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class ConversationManager:
         self._checkpoints_dir = checkpoints_dir
         self._config = config
         self._reload_lock = asyncio.Lock()
+        self._settings_cache: dict[tuple[str, str, str], tuple[float, dict[str, object]]] = {}
         self._handlers: dict[str, Callable[[Incoming, Reply], Awaitable[None]]] = {
             "chat": self._chat,
             "summarize": self._summarize,
@@ -143,10 +149,11 @@ class ConversationManager:
         self, instruction: str, config: ChannelConfig, turns: list[Turn], input_text: str = ""
     ) -> RenderedPrompt:
         budget = self._generator.context_length - config.max_new_tokens
-        # Long histories take milliseconds to tokenize: keep them off the event loop.
-        return await asyncio.to_thread(
-            render_conversation, self._tokenizer, instruction, budget, turns, input_text
-        )
+        size = len(instruction) + len(input_text) + sum(len(t.instruction) + len(t.response) for t in turns)
+        if size < INLINE_RENDER_CHARS:
+            return render_conversation(self._tokenizer, instruction, budget, turns, input_text)
+        # Long texts take milliseconds to tokenize: keep them off the event loop.
+        return await asyncio.to_thread(render_conversation, self._tokenizer, instruction, budget, turns, input_text)
 
     # -- summarize / translate -----------------------------------------------------------------------------------
 
@@ -278,6 +285,7 @@ class ConversationManager:
             platform=incoming.platform, tenant=incoming.tenant, channel=incoming.channel, changes={key: value},
             updated_by=incoming.author_id,
         )
+        self._remember_settings((incoming.platform, incoming.tenant, incoming.channel), merged)
         await self._audit(incoming, "channel.settings", f"{key}={value}", ok=True, channel=incoming.channel)
         config = self._config.defaults.with_stored(merged)
         shown = getattr(config, key)
@@ -307,9 +315,21 @@ class ConversationManager:
         return not wait
 
     async def _stored_settings(self, incoming: Incoming) -> dict[str, object]:
-        return await self._store.get_channel_settings(
+        key = (incoming.platform, incoming.tenant, incoming.channel)
+        cached = self._settings_cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        stored = await self._store.get_channel_settings(
             platform=incoming.platform, tenant=incoming.tenant, channel=incoming.channel
         )
+        self._remember_settings(key, stored)
+        return stored
+
+    def _remember_settings(self, key: tuple[str, str, str], stored: dict[str, object]) -> None:
+        if len(self._settings_cache) > 10_000:  # bounded in a bot that sits in very many channels
+            self._settings_cache.clear()
+        self._settings_cache[key] = (time.monotonic() + SETTINGS_TTL_S, stored)
 
     async def _channel_config(self, incoming: Incoming) -> ChannelConfig:
         return self._config.defaults.with_stored(await self._stored_settings(incoming))
