@@ -87,13 +87,13 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     _check(config)
     device = _device(config.device)
     amp_dtype = autocast_dtype(config, device)
+    split = split_records(load_records(config.data))  # a bad file fails here, before any model is built
     model = build_model(config, device)
     max_length = min(config.max_length, model.config.context_length)
     if max_length < config.max_length:
         log.info("max length %d capped at the model's context length %d", config.max_length, max_length)
     config = replace(config, max_length=max_length)
 
-    split = split_records(load_records(config.data))
     tokenizer = Tokenizer()
     train_set = InstructionDataset(split.train, tokenizer, max_length)
     val_set = InstructionDataset(split.validation, tokenizer, max_length)
@@ -103,6 +103,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             f"{train_set.skipped} too long) is less than one batch of {config.batch_size}; add data or lower "
             "--batch-size"
         )
+    if not len(val_set):
+        log.warning("%s has no usable validation records (the last 5%%): validation losses will be NaN", config.data)
     if config.lora_rank:
         add_lora(model, config.lora_rank, config.lora_alpha)
     model.to(device)
