@@ -236,9 +236,3 @@ def length_grouped_batches(
         members = sorted(order[start : start + pool], key=lambda i: lengths[i])
         batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def batch_tokens(batch: Sequence[Example], allowed_max_length: int | None) -> int:
-    """Real (non-padding) input tokens of a batch: what tokens/s counts, the same in the exact and fast paths."""
-    cap = allowed_max_length if allowed_max_length is not None else 1 << 62
-    return sum(min(len(e.ids), cap) for e in batch)
