@@ -1,6 +1,6 @@
 """GPT-2's byte-level BPE through tiktoken, built offline from the ranks file shipped in ``llm/assets``.
 
-``tiktoken.get_encoding("gpt2")`` downloads its files on first use and fails without internet, so the encoding is
+tiktoken's named loader for "gpt2" downloads its files on first use and fails without internet, so the encoding is
 assembled here from the same ranks (the file's sha256 is tiktoken's own expected hash for ``r50k_base``).
 """
 
