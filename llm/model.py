@@ -61,26 +61,25 @@ class KVCache:
 class _CacheView:
     """What one forward pass needs to address the cache: which rows, which positions, how far to read."""
 
-    __slots__ = ("cache", "input_pos", "kv_len", "slots")
+    __slots__ = ("batch", "cache", "input_pos", "kv_len", "rows", "slots")
 
     def __init__(self, cache: KVCache, slots: torch.Tensor | None, input_pos: torch.Tensor, kv_len: int) -> None:
         self.cache = cache
         self.slots = slots  # (B,) rows of the cache, or None for rows 0..B-1
         self.input_pos = input_pos  # (B, T) position of every new token
         self.kv_len = kv_len  # keys at positions >= kv_len are never visible to this step
+        self.batch = input_pos.shape[0]
+        # The row index of every write, built once per forward pass rather than once per layer.
+        rows = torch.arange(self.batch, device=input_pos.device) if slots is None else slots
+        self.rows = rows[:, None]  # (B, 1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values (B, T, n_heads, head_dim); return all visible ones (B, n_heads, S, hd)."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]  # (B_cache, n_heads, S, head_dim)
+        keys[self.rows, :, self.input_pos] = k  # indexed view is (B, T, n_heads, head_dim)
+        values[self.rows, :, self.input_pos] = v
         if self.slots is None:
-            b = k.shape[0]
-            rows = torch.arange(b, device=k.device)[:, None]  # (B, 1)
-            keys[rows, :, self.input_pos] = k  # indexed view is (B, T, n_heads, head_dim)
-            values[rows, :, self.input_pos] = v
-            return keys[:b, :, : self.kv_len], values[:b, :, : self.kv_len]
-        rows = self.slots[:, None]  # (B, 1)
-        keys[rows, :, self.input_pos] = k
-        values[rows, :, self.input_pos] = v
+            return keys[: self.batch, :, : self.kv_len], values[: self.batch, :, : self.kv_len]
         return keys[self.slots, :, : self.kv_len], values[self.slots, :, : self.kv_len]
 
 
