@@ -19,7 +19,7 @@ from pathlib import Path
 from bot.adapters.base import Incoming, Reply
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig, SettingError, describe, parse_setting
-from bot.checkpoint_names import CheckpointNameError, resolve_checkpoint
+from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
 from bot.generation import GenerationFailed, GenerationTimeout, Generator, GeneratorBusy, ModelInfo, ReloadFailed
 from bot.ratelimit import RateLimiter
 from llm.generate import SamplingParams
@@ -219,6 +219,40 @@ class ConversationManager:
     async def _help(self, incoming: Incoming, reply: Reply) -> None:
         await reply.send(HELP)
 
+    # -- what platforms report about their own state ------------------------------------------------------------
+
+    async def first_delivery(self, platform: str, event_id: str) -> bool:
+        """True the first time a platform event id is seen by any bot process sharing this database; False for a
+        redelivery (Slack retries events it thinks were not acknowledged), which must not be answered again."""
+        return await self._store.mark_event_processed(platform, event_id)
+
+    async def message_deleted(self, platform: str, tenant: str, channel: str, message_id: str) -> int:
+        """The user deleted a message on the platform: delete our stored copy too. Returns rows deleted."""
+        deleted = await self._store.delete_message(
+            platform=platform, tenant=tenant, channel=channel, platform_message_id=message_id
+        )
+        log.debug("message deleted on %s: %d stored copies removed", platform, deleted)
+        return deleted
+
+    async def tenant_removed(self, platform: str, tenant: str, reason: str) -> int:
+        """The bot was removed from a guild or workspace: delete everything stored for it, and audit that."""
+        deleted = await self._store.purge_tenant(platform, tenant)
+        await self._store.record_audit(
+            platform=platform, tenant=tenant, actor_id="platform", action="tenant.purge", target=tenant,
+            detail={"reason": reason, "messages_deleted": deleted},
+        )
+        return deleted
+
+    def checkpoint_names(self) -> list[str]:
+        """Names `reload` accepts, newest first (for a platform's autocomplete)."""
+        return [path.name for path in list_checkpoints(self._checkpoints_dir)]
+
+    def is_admin(self, incoming: Incoming) -> bool:
+        """Whether the sender may run admin commands (adapters use it to hide admin choices, never to grant)."""
+        return self._admins.is_admin(
+            incoming.platform, incoming.tenant, incoming.author_id, is_owner=incoming.author_is_owner
+        )
+
     # -- admin ---------------------------------------------------------------------------------------------------
 
     async def _reload(self, incoming: Incoming, reply: Reply) -> None:
@@ -292,9 +326,7 @@ class ConversationManager:
         await reply.send(f"{key} is now {'off' if shown is None else shown} in this channel.")
 
     async def _admin_only(self, incoming: Incoming, reply: Reply, action: str, target: str) -> bool:
-        if self._admins.is_admin(
-            incoming.platform, incoming.tenant, incoming.author_id, is_owner=incoming.author_is_owner
-        ):
+        if self.is_admin(incoming):
             return True
         await self._audit(incoming, action, target, ok=False, error="refused: not an admin")
         await reply.send(NOT_ADMIN)

@@ -66,3 +66,15 @@ def parse_command(text: str) -> tuple[str, str]:
         if name.lower() in COMMANDS:
             return name.lower(), args.strip()
     return "chat", text
+
+
+class PlatformAdapter(Protocol):
+    """One chat platform's connection, started by the composition root beside the others."""
+
+    name: str  # "discord", "slack"
+
+    async def run(self) -> None:
+        """Connect and serve until `close` is called; raise if the platform refuses us for good (a bad token)."""
+
+    async def close(self) -> None:
+        """Stop taking new messages, let answers in progress finish, disconnect. Safe to call more than once."""

@@ -21,16 +21,24 @@ SHA = "ab" * 32
 
 
 class FakeGenerator:
-    """Answers every prompt with ``answer`` in a few deltas; records the prompts and settings it was given."""
+    """Answers every prompt with ``answer`` in a few deltas; records the prompts and settings it was given.
 
-    def __init__(self, answer: str = " The answer is 4.", *, context_length: int = 1024) -> None:
+    Platform tests slow it down: ``delay_s`` between deltas, and ``hold`` (when set) stops the answer halfway until
+    the test sets the event, to act while an answer is being streamed."""
+
+    def __init__(
+        self, answer: str = " The answer is 4.", *, context_length: int = 1024, delay_s: float = 0.0
+    ) -> None:
         self.answer = answer
+        self.delay_s = delay_s
+        self.hold: asyncio.Event | None = None
         self.prompts: list[list[int]] = []
         self.params: list[SamplingParams] = []
         self.busy = False
         self.fail_with: BaseException | None = None
         self.reload_error: str | None = None
         self._context_length = context_length
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self._info = ModelInfo("fake.safetensors", SHA, 1234, "cpu", "fp32", context_length, datetime.now(UTC))
 
     @property
@@ -50,7 +58,12 @@ class FakeGenerator:
                 raise GeneratorBusy("queue full")
             self.prompts.append(list(prompt_ids))
             self.params.append(params)
-            asyncio.get_running_loop().call_soon(self._play, handle)
+            if self.delay_s or self.hold is not None:
+                task = asyncio.get_running_loop().create_task(self._play_slowly(handle))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                asyncio.get_running_loop().call_soon(self._play, handle)
 
         return GenerationHandle(submit, lambda handle: None)
 
@@ -58,9 +71,24 @@ class FakeGenerator:
         if self.fail_with is not None:
             handle.fail(self.fail_with)
             return
+        for delta in self._deltas():
+            handle.feed(delta)
+        self._finish(handle)
+
+    async def _play_slowly(self, handle: GenerationHandle) -> None:
+        deltas = self._deltas()
+        for i, delta in enumerate(deltas):
+            if self.hold is not None and i == len(deltas) // 2:
+                await self.hold.wait()
+            await asyncio.sleep(self.delay_s)
+            handle.feed(delta)
+        self._finish(handle)
+
+    def _deltas(self) -> list[str]:
         words = self.answer.split(" ")
-        for i, word in enumerate(words):
-            handle.feed(word if i == 0 else " " + word)
+        return [word if i == 0 else " " + word for i, word in enumerate(words)]
+
+    def _finish(self, handle: GenerationHandle) -> None:
         info = self._info
         handle.finish(Completion(self.answer, (1, 2, 3), "eot", info.name, info.sha256, 0.01, 0.001))
 

@@ -206,3 +206,26 @@ async def test_a_failed_reload_keeps_the_old_model_and_says_why(manager, generat
 async def test_help_and_empty_messages(manager) -> None:
     assert (await ask(manager, replace(MSG, command="help", text=""))).sent == [HELP]
     assert (await ask(manager, replace(MSG, text="   ", message_id="e"))).sent == [HELP]
+
+
+async def test_platform_events_delete_purge_and_deduplicate(manager, store) -> None:
+    await ask(manager)
+    other_guild = replace(MSG, tenant="g2", message_id="m9")
+    await ask(manager, other_guild)
+    assert await manager.message_deleted("discord", "g1", "c1", "m1") == 1
+    assert [m.role for m in await store.recent_history(KEY)] == [Role.ASSISTANT]  # the user's copy went
+
+    assert await manager.tenant_removed("discord", "g2", "guild removed") == 2
+    assert await store.recent_history(ConversationKey("discord", "g2", "c1")) == []
+    audit = (await store.audit_entries(tenant="g2"))[0]
+    assert (audit.action, audit.actor_id, audit.detail["reason"]) == ("tenant.purge", "platform", "guild removed")
+
+    assert await manager.first_delivery("slack", "Ev1") is True
+    assert await manager.first_delivery("slack", "Ev1") is False
+
+
+async def test_checkpoint_names_and_admin_check_for_adapters(manager) -> None:
+    assert manager.checkpoint_names() == ["next.safetensors"]
+    assert manager.is_admin(replace(MSG, author_id="admin"))
+    assert manager.is_admin(replace(MSG, author_is_owner=True))
+    assert not manager.is_admin(MSG)
