@@ -11,10 +11,11 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
+from bot.adapters.base import PlatformAdapter
 from bot.adapters.console import ConsoleAdapter
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig
@@ -38,7 +39,11 @@ GET_A_CHECKPOINT = (
 )
 
 
-class NoCheckpointError(RuntimeError):
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message says what to do."""
+
+
+class NoCheckpointError(StartupError):
     """Nothing to serve; the message says how to get a checkpoint."""
 
 
@@ -64,12 +69,53 @@ def bundled_checkpoint() -> Path | None:
     return Path(DEMO_CHECKPOINT)
 
 
-async def run_service(settings: Settings, *, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    if settings.platforms:
-        raise NoCheckpointError(
-            f"platform tokens are set ({', '.join(settings.platforms)}) but this version has no platform adapters "
-            "yet; unset them to chat in the terminal"
-        )
+# How each platform's adapter is built from the settings. The SDK is imported only when its platform is configured,
+# so a console-only installation needs neither discord.py nor slack-bolt.
+AdapterFactory = Callable[[ConversationManager, Settings], PlatformAdapter]
+
+
+def _discord_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:
+    from bot.adapters.discord_adapter import DiscordAdapter, DiscordConfig
+
+    assert settings.discord_token is not None  # only called for configured platforms
+    return DiscordAdapter(manager, DiscordConfig(token=settings.discord_token.get_secret_value()))
+
+
+def _slack_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:
+    from bot.adapters.slack_adapter import SlackAdapter, slack_config
+
+    return SlackAdapter(manager, slack_config(settings))
+
+
+ADAPTERS: dict[str, AdapterFactory] = {"discord": _discord_adapter, "slack": _slack_adapter}
+EXTRAS = {"discord": "discord", "slack": "slack"}
+
+
+def build_adapters(
+    manager: ConversationManager, settings: Settings, factories: Mapping[str, AdapterFactory] | None = None
+) -> list[PlatformAdapter]:
+    """One adapter per configured platform; a missing SDK is a user error naming the extra to install."""
+    adapters = []
+    for platform in settings.platforms:
+        try:
+            adapters.append((factories or ADAPTERS)[platform](manager, settings))
+        except ImportError as e:
+            raise StartupError(
+                f"{platform} is configured but its library is missing ({e.name}): "
+                f"pip install 'scratchbot[{EXTRAS[platform]}]'"
+            ) from None
+    return adapters
+
+
+async def run_service(
+    settings: Settings,
+    *,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    factories: Mapping[str, AdapterFactory] | None = None,
+) -> int:
+    """Serve every configured platform (the terminal when none is) until a signal or a platform fails for good.
+    Returns the exit status: 0 after a requested stop, 1 when a platform adapter failed."""
     path = find_checkpoint(settings, bundled_checkpoint())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer()
@@ -110,14 +156,50 @@ async def run_service(settings: Settings, *, stdin: TextIO = sys.stdin, stdout: 
             store, retention_days=settings.retention_days, watcher=watcher, watch_interval_s=settings.watch_interval_s
         )
         scheduler.start()
-        console = ConsoleAdapter(manager, stdin=stdin, stdout=stdout)
         try:
-            with _stop_on_signals(console.stop):
-                await console.run()
+            adapters = build_adapters(manager, settings, factories)
+            if not adapters:
+                console = ConsoleAdapter(manager, stdin=stdin, stdout=stdout)
+                with _stop_on_signals(console.stop):
+                    await console.run()
+                return 0
+            return await serve_platforms(adapters)
         finally:
             scheduler.shutdown(wait=False)
             await generator.close(settings.shutdown_grace_s)
-    return 0
+
+
+async def serve_platforms(adapters: list[PlatformAdapter]) -> int:
+    """Run the adapters side by side. A signal closes them all (each lets its answers in progress finish); so does
+    one of them failing or ending, since a bot that silently lost a platform would look alive and answer nobody."""
+    stopping = asyncio.Event()
+    runs = {asyncio.create_task(adapter.run(), name=f"adapter-{adapter.name}"): adapter for adapter in adapters}
+    waiter = asyncio.create_task(stopping.wait())
+    log.info("serving %s", ", ".join(adapter.name for adapter in adapters))
+    with _stop_on_signals(stopping.set):
+        done, _ = await asyncio.wait({*runs, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    for task in done - {waiter}:
+        name = runs[task].name
+        if task.exception() is not None:
+            log.error("the %s adapter failed: %s", name, task.exception(), exc_info=task.exception())
+        else:
+            log.error("the %s adapter stopped on its own", name)
+        status = 1
+    waiter.cancel()
+    await asyncio.gather(*(_close(adapter) for adapter in adapters))
+    for task in runs:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    return status
+
+
+async def _close(adapter: PlatformAdapter) -> None:
+    try:
+        await adapter.close()
+    except Exception:  # one platform's failing shutdown must not keep the others from closing
+        log.exception("closing the %s adapter failed", adapter.name)
 
 
 def _watch_reload(manager: ConversationManager) -> Callable[[Path], Awaitable[bool]]:

@@ -248,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from bot.app import NoCheckpointError, run_service
+    from bot.app import StartupError, run_service
     from bot.settings import Settings
     from storage.db import StorageError
 
@@ -260,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _configure_service_logging(settings, verbose=args.verbose)
     try:
         return asyncio.run(run_service(settings))
-    except (NoCheckpointError, StorageError) as e:  # wrong URL, server down, a database from a newer version
+    except (StartupError, StorageError) as e:  # wrong URL, server down, a database from a newer version
         raise UserError(str(e)) from None
 
 

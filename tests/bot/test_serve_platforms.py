@@ -1,0 +1,102 @@
+"""Several platforms in one process: each configured platform gets its adapter, all run side by side, a signal
+closes them all, and a platform that fails for good takes the process down loudly instead of leaving a silent bot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bot.app import StartupError, build_adapters, run_service, serve_platforms
+from bot.conversation import ConversationManager
+from bot.settings import Settings
+from llm.checkpoints import save_checkpoint
+from llm.config import GPTConfig
+from tests.llm.conftest import make_model
+
+CONFIG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=1)
+
+
+class FakeAdapter:
+    """Serves until closed, or fails with ``error`` once it has started."""
+
+    def __init__(self, name: str, error: Exception | None = None) -> None:
+        self.name = name
+        self.error = error
+        self.started = asyncio.Event()
+        self.closed = 0
+        self._stop = asyncio.Event()
+        self.manager: ConversationManager | None = None
+
+    async def run(self) -> None:
+        self.started.set()
+        if self.error is not None:
+            raise self.error
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        self.closed += 1
+        self._stop.set()
+
+
+async def test_a_signal_closes_every_platform_and_exits_zero() -> None:
+    discord, slack = FakeAdapter("discord"), FakeAdapter("slack")
+    serving = asyncio.create_task(serve_platforms([discord, slack]))
+    await asyncio.wait_for(asyncio.gather(discord.started.wait(), slack.started.wait()), 10)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled by the event loop while serving
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert (discord.closed, slack.closed) == (1, 1)
+
+
+async def test_a_platform_failing_for_good_closes_the_others_and_exits_one(caplog: pytest.LogCaptureFixture) -> None:
+    discord, slack = FakeAdapter("discord", RuntimeError("improper token")), FakeAdapter("slack")
+    assert await asyncio.wait_for(serve_platforms([discord, slack]), 10) == 1
+    assert slack.closed == 1
+    assert "the discord adapter failed: improper token" in caplog.text
+
+
+def settings_for(tmp_path: Path, **values: object) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "data", checkpoints_dir=tmp_path / "ckpts", **values)
+
+
+def test_each_configured_platform_gets_an_adapter_and_a_missing_library_names_the_extra(tmp_path: Path) -> None:
+    settings = settings_for(
+        tmp_path, discord_token=SecretStr("d"), slack_bot_token=SecretStr("xoxb"), slack_app_token=SecretStr("xapp")
+    )
+    built = build_adapters(
+        None,
+        settings,
+        {
+            "discord": lambda m, s: FakeAdapter("discord"),  # type: ignore[arg-type]
+            "slack": lambda m, s: FakeAdapter("slack"),
+        },
+    )
+    assert [a.name for a in built] == ["discord", "slack"]
+
+    def missing(manager: object, settings: object) -> FakeAdapter:
+        raise ModuleNotFoundError("No module named 'discord'", name="discord")
+
+    with pytest.raises(StartupError, match=r"pip install 'scratchbot\[discord\]'"):
+        build_adapters(None, settings, {"discord": missing, "slack": missing})  # type: ignore[arg-type]
+
+
+async def test_run_serves_the_configured_platforms_instead_of_the_terminal(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=1), checkpoint)
+    settings = settings_for(tmp_path, checkpoint=checkpoint, discord_token=SecretStr("token"), precision="fp32")
+    adapter = FakeAdapter("discord")
+
+    def factory(manager: ConversationManager, given: Settings) -> FakeAdapter:
+        adapter.manager = manager
+        return adapter
+
+    running = asyncio.create_task(run_service(settings, factories={"discord": factory}))
+    await asyncio.wait_for(adapter.started.wait(), 60)
+    assert adapter.manager is not None and adapter.manager.generator.info.name == "tiny.safetensors"
+    os.kill(os.getpid(), signal.SIGINT)
+    assert await asyncio.wait_for(running, 60) == 0
+    assert adapter.closed == 1
