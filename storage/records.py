@@ -32,6 +32,7 @@ __all__ = [
     "check_sha256",
     "check_text",
     "checkpoint_load_record",
+    "dm_channel",
     "dm_tenant",
     "message_record",
 ]
@@ -45,6 +46,14 @@ DM_TENANT_PREFIX = "dm:"
 
 def dm_tenant(user_id: str) -> str:
     """The tenant under which to file a direct conversation with `user_id`."""
+    return DM_TENANT_PREFIX + check_id("user_id", user_id)
+
+
+def dm_channel(user_id: str) -> str:
+    """The channel under which to file a direct conversation with `user_id` on a platform whose DMs belong to a
+    tenant (a Slack DM lives in one workspace, so uninstalling the app there must remove it too). `forget_user`
+    removes such a conversation whole, as it does one filed under `dm_tenant`. Platform channel ids never contain
+    ":", so this cannot collide with a real channel."""
     return DM_TENANT_PREFIX + check_id("user_id", user_id)
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Delete, Table, bindparam, delete, exists, select
+from sqlalchemy import Delete, Table, bindparam, delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -46,6 +46,7 @@ from storage.records import (
     check_sha256,
     check_text,
     checkpoint_load_record,
+    dm_channel,
     dm_tenant,
     message_record,
 )
@@ -170,9 +171,13 @@ class Store:
         """Delete everything the user wrote on `platform`, in every tenant, and their direct conversations whole
         (the bot's replies there too). Returns the number of messages deleted. Admin records (the audit log, checkpoint
         loads, who last changed a channel's settings) are kept: admins' actions must stay accountable."""
-        dms_tenant = dm_tenant(user_id)
+        dms_tenant, dms_channel = dm_tenant(user_id), dm_channel(user_id)
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
-        dms = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == dms_tenant)
+        # A DM is filed under its own tenant (Discord) or under a DM channel inside a workspace (Slack).
+        dms = select(Conversation.id).where(
+            Conversation.platform == platform,
+            or_(Conversation.tenant == dms_tenant, Conversation.channel == dms_channel),
+        )
         async with self._sessions.begin() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
             deleted += await _delete(
@@ -180,6 +185,12 @@ class Store:
                 delete(Message).where(Message.author_id == user_id, Message.conversation_id.in_(on_platform)),
             )
             await _delete_tenant_rows(session, platform, dms_tenant)
+            await session.execute(
+                delete(Conversation).where(Conversation.platform == platform, Conversation.channel == dms_channel)
+            )
+            await session.execute(
+                delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.channel == dms_channel)
+            )
         # The user's id stays out of the log on purpose: the log is data too.
         log.info("forgot a %s user: %d messages deleted", platform, deleted)
         return deleted

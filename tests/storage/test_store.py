@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import Base
-from storage.records import ConversationKey, Generation, Role, dm_tenant
+from storage.records import ConversationKey, Generation, Role, dm_channel, dm_tenant
 from storage.store import Store
 
 KEY = ConversationKey("discord", "guild-1", "channel-1")
@@ -167,6 +167,34 @@ async def test_forget_user_deletes_their_messages_everywhere_and_their_dms_whole
     assert await texts(store, ConversationKey("discord", dm_tenant("bob"), "dm-channel-bob")) == ["bob's dm"]
     assert await texts(store, slack) == ["alice on slack: another platform, another account"]
     assert await store.forget_user("discord", "alice") == 0
+
+
+async def test_forget_user_removes_a_dm_filed_inside_a_workspace_whole_and_purge_tenant_removes_it_too(
+    store: Store,
+) -> None:
+    # Slack files a DM under its workspace (so uninstalling removes it) in the user's DM channel.
+    dm = ConversationKey("slack", "T1", dm_channel("U-alice"))
+    other_dm = ConversationKey("slack", "T1", dm_channel("U-bob"))
+    channel = ConversationKey("slack", "T1", "C1", "1700.1")
+    await say(store, dm, "alice's secret", author="U-alice")
+    await store.add_message(dm, role="assistant", author_id="bot", text="reply to the secret", generation=GENERATION)
+    await store.update_channel_settings(
+        platform="slack", tenant="T1", channel=dm_channel("U-alice"), changes={"x": 1}, updated_by="U-alice"
+    )
+    await say(store, other_dm, "bob's dm", author="U-bob")
+    await say(store, channel, "alice in a channel", author="U-alice")
+    await store.add_message(channel, role="assistant", author_id="bot", text="answer in the channel")
+
+    assert await store.forget_user("slack", "U-alice") == 3
+
+    assert await texts(store, dm) == []
+    assert await store.get_channel_settings(platform="slack", tenant="T1", channel=dm_channel("U-alice")) == {}
+    assert await texts(store, other_dm) == ["bob's dm"]
+    assert await texts(store, channel) == ["answer in the channel"]
+    assert await store.forget_user("discord", "U-bob") == 0  # another platform's account of the same id
+
+    assert await store.purge_tenant("slack", "T1") == 2
+    assert await texts(store, other_dm) == []
 
 
 async def every_stored_value(engine: AsyncEngine) -> str:
