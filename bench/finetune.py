@@ -116,7 +116,7 @@ def main() -> int:
         precision = "fp32" if autocast_dtype(paths[name], args.device) is None else "bf16"
         print(
             f"{name:24} {precision:>9} {per_step:7.2f} {padding:8.1%} {rate:9,.0f} {rate / book_rate:7.2f}x "
-            f"{recipe_tokens / rate / 60:7.1f} m"
+            f"{recipe_tokens / rate:8.1f} s"
         )
     return 0
 

@@ -7,6 +7,7 @@ stop strings that never leak into the output; `generate_batch` runs several prom
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from llm.cuda_graph import GraphedDecodeStep
 from llm.model import GPTModel, KVCache
 from llm.tokenizer import StreamDecoder, Tokenizer
 
@@ -176,10 +178,13 @@ def generate_tokens(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     result: GenerationResult | None = None,
+    *,
+    cuda_graph: bool = False,
 ) -> Iterator[int]:
     """Yield generated token ids one at a time; stops at end-of-text (not yielded), max_new_tokens or the context.
 
     ``result``, when given, is filled in as the stream advances (prompt size, finish reason, timing).
+    ``cuda_graph`` (a model on a CUDA device only) replays each decode step as one captured graph.
     """
     result = result if result is not None else GenerationResult()
     context = model.config.context_length
@@ -190,6 +195,7 @@ def generate_tokens(
     generator = params.make_generator(device)
     start = time.perf_counter()
     cache = make_cache(model, 1, len(ids) + budget)
+    decode = GraphedDecodeStep(model, cache) if cuda_graph else functools.partial(decode_step, model, cache=cache)
     logits = prefill(model, torch.tensor(ids, device=device), cache)
     position = torch.tensor([len(ids)], device=device)
     result.finish_reason = "length" if budget == params.max_new_tokens else "context"
@@ -204,7 +210,7 @@ def generate_tokens(
         yield token_id
         if step + 1 == budget:
             break
-        logits = decode_step(model, token, position, cache)[0]
+        logits = decode(token, position)[0]
         position += 1
     result.seconds = time.perf_counter() - start
 

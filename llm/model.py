@@ -206,12 +206,15 @@ class GPTModel(nn.Module):
         input_pos: torch.Tensor | None = None,
         slots: torch.Tensor | None = None,
         last_only: bool = False,
+        static: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids ``idx`` (B, T); (B, 1, vocab) with ``last_only``.
 
         Without a cache this is the book's forward: positions 0..T-1, causal attention. With a cache, ``input_pos``
         (B, T) gives each new token's position (each row counts from 0 for its own sequence) and ``slots`` (B,)
-        which cache rows the batch occupies (default: rows 0..B-1).
+        which cache rows the batch occupies (default: rows 0..B-1). ``static`` attends over the whole cache through
+        a mask instead of reading the positions back to the host: every shape is fixed and nothing synchronises,
+        so the step can be captured in a CUDA graph (positions are then not range-checked).
         """
         b, t = idx.shape
         if cache is None:
@@ -224,7 +227,7 @@ class GPTModel(nn.Module):
         else:
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is given")
-            view, mask = self._prepare_cache(cache, input_pos, slots, b, t)
+            view, mask = self._prepare_cache(cache, input_pos, slots, b, t, static)
             x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(input_pos))  # (B, T, emb_dim)
             for block in self.trf_blocks:
                 x = block(x, view, mask)
@@ -233,10 +236,14 @@ class GPTModel(nn.Module):
         return self.out_head(self.final_norm(x))
 
     def _prepare_cache(
-        self, cache: KVCache, input_pos: torch.Tensor, slots: torch.Tensor | None, b: int, t: int
+        self, cache: KVCache, input_pos: torch.Tensor, slots: torch.Tensor | None, b: int, t: int, static: bool
     ) -> tuple[_CacheView, torch.Tensor | None]:
         if input_pos.shape != (b, t):
             raise ValueError(f"input_pos must have shape {(b, t)}, got {tuple(input_pos.shape)}")
+        if static:
+            key_pos = torch.arange(cache.max_len, device=input_pos.device)
+            mask = key_pos[None, None, :] <= input_pos[:, :, None]  # (B, T, S)
+            return _CacheView(cache, slots, input_pos, cache.max_len), mask[:, None, :, :]  # (B, 1, T, S)
         # One host read per forward pass (not per layer): how far into the cache any row of this step can see.
         kv_len = int(input_pos.max()) + 1
         if kv_len > cache.max_len:
