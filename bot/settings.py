@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None  # Socket Mode
     slack_signing_secret: SecretStr | None = None  # HTTP mode
+    slack_mode: Literal["socket", "http"] | None = None  # unset: Socket Mode when the app token is set, else HTTP
+    slack_http_host: str = "127.0.0.1"  # HTTP mode: listen address (0.0.0.0 in a container behind a TLS proxy)
+    slack_http_port: int = Field(3000, ge=0, le=65535)  # HTTP mode: where the Request URL's proxy forwards to
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_grace_s: float = Field(20.0, ge=0)  # running generations may finish this long after SIGTERM

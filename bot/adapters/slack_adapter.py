@@ -1,0 +1,289 @@
+"""Slack, through Bolt (async): mentions and DMs become `Incoming` chat, slash commands and message shortcuts become
+commands, and what Slack says about deleted messages and uninstalls purges what we stored.
+
+Every listener acknowledges first and does its work in a task the adapter owns, so Slack gets its answer well within
+3 s however busy the model is, and `close` can let answers in progress finish. Slack redelivers an event it thinks
+was not acknowledged (with X-Slack-Retry-Num / `retry_attempt`); we never drop an event for carrying that mark,
+because the first delivery may really have been lost. Instead the event id is recorded in the shared database
+(`first_delivery`), so a redelivery is answered by nobody, in this process or any other sharing the database.
+
+Where conversations are filed: tenant = the workspace (team id), also for DMs, so uninstalling the app removes
+everything from that workspace. A DM's channel is `storage.records.dm_channel(user)`, which `/forget` removes whole
+(the bot's replies too). A mention's conversation is its thread: a mention outside a thread starts one.
+
+Two transports, one chosen by `SlackConfig.mode`: Socket Mode (an app-level token; no public URL) and HTTP mode
+(Bolt's request verification: signature and a timestamp under 5 minutes old). Both run on the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import SecretStr
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.adapters.base import Incoming, parse_command
+from bot.adapters.slack_commands import SlackCommands
+from bot.adapters.slack_reply import ChannelSink, SlackReply
+from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
+from bot.conversation import ConversationManager
+from bot.settings import Settings
+from storage.records import dm_channel
+
+log = logging.getLogger(__name__)
+# Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
+SDK_LOG = logging.getLogger(f"{__name__}.sdk")
+SDK_LOG.addFilter(SECRETS)
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    bot_token: str  # xoxb-…: the bot user's Web API token
+    app_token: str | None = None  # xapp-… with connections:write: Socket Mode
+    signing_secret: str | None = None  # HTTP mode: proves a request came from Slack
+    mode: Literal["socket", "http"] | None = None  # None: Socket Mode when app_token is set, else HTTP mode
+    http_host: str = "127.0.0.1"  # HTTP mode: listen here; put a TLS proxy / load balancer in front
+    http_port: int = 3000  # HTTP mode; 0 picks a free port (tests read `http_port` back)
+    http_path: str = "/slack/events"  # the Request URL's path in the app manifest (events, commands, shortcuts)
+    api_url: str | None = None  # Web API base URL ending in "/"; None is Slack's. Tests point it at a fake Slack
+    edit_interval_s: float = 1.0  # at most one chat.update per message this often (Slack allows about one a second)
+    message_limit: int = MESSAGE_LIMIT  # characters per message as posted (escaped); longer answers are split
+    translate_language: str = "English"  # what the "Translate message" shortcut translates into
+    summarize_fetch: int = 100  # messages read for a summary when the user gives no count (the core trims to fit)
+    ping_interval_s: float = 10.0  # Socket Mode keepalive; a silent connection is replaced after ~4 of these
+    close_grace_s: float = 20.0  # on close, answers in progress get this long to finish, then are cancelled
+
+    def __post_init__(self) -> None:
+        if not self.bot_token:
+            raise ValueError("Slack needs a bot token (xoxb-…): set SCRATCHBOT_SLACK_BOT_TOKEN")
+        if self.transport == "socket" and not self.app_token:
+            raise ValueError("Slack Socket Mode needs an app-level token (xapp-…): set SCRATCHBOT_SLACK_APP_TOKEN")
+        if self.transport == "http" and not self.signing_secret:
+            raise ValueError("Slack HTTP mode needs the signing secret: set SCRATCHBOT_SLACK_SIGNING_SECRET")
+
+    @property
+    def transport(self) -> Literal["socket", "http"]:
+        return self.mode or ("socket" if self.app_token else "http")
+
+
+def slack_config(settings: Settings) -> SlackConfig:
+    """The service's Slack configuration; the tokens leave their SecretStr only here."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return SlackConfig(
+        bot_token=secret(settings.slack_bot_token) or "",
+        app_token=secret(settings.slack_app_token),
+        signing_secret=secret(settings.slack_signing_secret),
+        mode=settings.slack_mode,
+        http_host=settings.slack_http_host,
+        http_port=settings.slack_http_port,
+    )
+
+
+class SlackAdapter:
+    name = "slack"
+
+    def __init__(self, manager: ConversationManager, config: SlackConfig) -> None:
+        self._manager = manager
+        self._config = config
+        SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
+        # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself.
+        self.client = AsyncWebClient(
+            token=config.bot_token,
+            base_url=config.api_url or AsyncWebClient.BASE_URL,
+            logger=SDK_LOG,
+            retry_handlers=[AsyncConnectionErrorRetryHandler()],
+        )
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=config.signing_secret or "",
+            logger=SDK_LOG,
+            name="scratchbot",
+            request_verification_enabled=True,  # HTTP mode: signature and timestamp checked (Socket Mode skips it)
+            ignoring_self_events_enabled=True,  # our own posts never come back as questions
+            process_before_response=False,  # listeners ack and hand work to our own tasks either way
+        )
+        self._commands = SlackCommands(manager, self.client, config, self._spawn)
+        self._register()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._stopped = False
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None  # HTTP mode: the port actually bound, once `ready`
+        self.ready = asyncio.Event()  # set once connected (Socket Mode) or listening (HTTP mode)
+
+    def _register(self) -> None:
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self.app.event("app_uninstalled")(self._on_uninstalled)
+        self.app.event("tokens_revoked")(self._on_tokens_revoked)
+        self._commands.register(self.app)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `close`. Raises SlackApiError when Slack refuses the bot or app token."""
+        await self.client.auth_test()  # a bad bot token fails here, loudly, instead of on the first message
+        try:
+            if self._config.transport == "socket":
+                await self._start_socket_mode()
+            else:
+                await self._start_http()
+            self.ready.set()
+            await self._closing.wait()
+        finally:
+            await self._stop_transport()
+
+    async def _start_socket_mode(self) -> None:
+        assert self._config.app_token is not None  # SlackConfig checked it
+        self._socket = AsyncSocketModeHandler(
+            self.app, self._config.app_token, logger=SDK_LOG, web_client=self.client,
+            ping_interval=self._config.ping_interval_s,
+        )
+        # Opening the first URL ourselves makes a bad app token raise here; the SDK's connect() would retry forever.
+        opened = await self.client.apps_connections_open(app_token=self._config.app_token)
+        self._socket.client.wss_uri = opened["url"]
+        await self._socket.connect_async()
+        log.info("Slack connected in Socket Mode")
+
+    async def _start_http(self) -> None:
+        web_app = web.Application()
+        web_app.router.add_post(self._config.http_path, self._on_http_request)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._config.http_host, self._config.http_port).start()
+        self.http_port = self._runner.addresses[0][1]
+        log.info("Slack HTTP mode listening on %s:%d%s", self._config.http_host, self.http_port, self._config.http_path)
+
+    async def _on_http_request(self, request: web.Request) -> web.Response:
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError:  # a body that is neither JSON nor a form Bolt can read
+            return web.Response(status=400, text="malformed request")
+        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
+
+    async def _stop_transport(self) -> None:
+        socket, self._socket = self._socket, None
+        runner, self._runner = self._runner, None
+        if socket is not None:
+            await socket.close_async()
+        if runner is not None:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._closing.set()
+        await self._stop_transport()  # no new events; Slack redelivers unacknowledged ones to another process
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._config.close_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d Slack answers cut short at shutdown", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guarded(work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the boundary of one Slack request: the core's own errors never get here
+            log.exception("failed to handle a Slack request")
+
+    # -- events --------------------------------------------------------------------------------------------------
+
+    async def _on_mention(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await ack()
+        if event.get("bot_id") or event.get("subtype") or str(event.get("channel", "")).startswith("D"):
+            return  # other bots; DMs arrive as message events
+        self._spawn(self._answer(body, event, context, is_dm=False))
+
+    async def _on_message(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await ack()
+        subtype = event.get("subtype")
+        if subtype == "message_deleted":
+            self._spawn(self._deleted(body, event, context))
+        elif subtype is None and not event.get("bot_id") and event.get("channel_type") == "im":
+            self._spawn(self._answer(body, event, context, is_dm=True))
+        # Everything else is ignored: edits (message_changed), bot posts, joins, and channel messages, which we
+        # subscribe to only to hear of deletions; mentions in channels arrive as app_mention.
+
+    async def _answer(self, body: dict[str, Any], event: dict[str, Any], context: Any, *, is_dm: bool) -> None:
+        event_id = body.get("event_id")
+        if event_id and not await self._manager.first_delivery("slack", str(event_id)):
+            log.info("Slack event %s delivered again; answered already", event_id)
+            return
+        team, user, channel = _team(body, context), str(event["user"]), str(event["channel"])
+        command, text = parse_command(plain(event.get("text", ""), bot_user_id=context.get("bot_user_id")))
+        if is_dm:
+            thread = str(event.get("thread_ts") or "")  # a DM is one conversation, unless the user opens a thread
+            reply_thread = thread or None
+        else:
+            thread = reply_thread = str(event.get("thread_ts") or event["ts"])
+        sink = ChannelSink(self.client, channel, reply_thread)
+        reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
+        transcript = None
+        if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
+            limit = int(text) if text.strip().isdigit() else self._config.summarize_fetch
+            transcript = await self._commands.read(reply, channel, event.get("thread_ts"), limit)
+            if transcript is None:
+                return
+        incoming = Incoming(
+            platform="slack", tenant=team, channel=dm_channel(user) if is_dm else channel, author_id=user,
+            text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,
+            transcript=transcript,
+        )
+        await self._manager.handle(incoming, reply)
+
+    async def _deleted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        previous = event.get("previous_message") or {}
+        deleted_ts = event.get("deleted_ts") or previous.get("ts")
+        if not deleted_ts:
+            return
+        channel = str(event["channel"])
+        if event.get("channel_type") == "im":
+            if not previous.get("user"):
+                return  # not a user's message; nothing of ours is keyed by it
+            channel = dm_channel(str(previous["user"]))
+        await self._manager.message_deleted("slack", _team(body, context), channel, str(deleted_ts))
+
+    async def _on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
+        await ack()
+        self._spawn(self._purge(_team(body, context), "app_uninstalled"))
+
+    async def _on_tokens_revoked(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await ack()
+        # Only the bot's token matters: we hold no user tokens, so a user revoking theirs leaves nothing to purge.
+        if event.get("tokens", {}).get("bot"):
+            self._spawn(self._purge(_team(body, context), "tokens_revoked"))
+
+    async def _purge(self, team: str, reason: str) -> None:
+        deleted = await self._manager.tenant_removed("slack", team, reason)
+        log.info("Slack workspace %s removed (%s): %d stored messages deleted", team, reason, deleted)
+
+
+def _team(body: dict[str, Any], context: Any) -> str:
+    team = body.get("team_id") or (body.get("team") or {}).get("id") or context.get("team_id")
+    if not team:
+        raise ValueError("a Slack request without a team id: cannot tell which workspace it belongs to")
+    return str(team)

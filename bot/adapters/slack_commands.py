@@ -1,0 +1,166 @@
+"""Slack's slash commands and message shortcuts, turned into the core's commands.
+
+`/summarize [count]` and `/translate <language> <text>` answer in the channel, where everyone can read them; `/model`,
+`/forget` and the admin `/reload [name]` answer only the user who asked, as do usage notes and refusals. The
+shortcuts "Summarize thread" and "Translate message" answer in the thread of the message they were used on. Each
+listener acknowledges at once and leaves the work to a task, so Slack's 3-second deadline holds while the model is
+busy. Summaries read the conversation from Slack (conversations.history / conversations.replies), so they cover
+what people said to each other, not only what they said to the bot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.adapters.base import Incoming, TranscriptLine
+from bot.adapters.slack_reply import (
+    ChannelSink,
+    Ephemeral,
+    SlackReply,
+    calling,
+    post_ephemeral_sender,
+    response_url_sender,
+)
+from bot.adapters.slack_text import plain
+from bot.adapters.streaming import RateLimited
+from bot.conversation import ConversationManager
+from storage.records import dm_channel
+
+if TYPE_CHECKING:
+    from bot.adapters.slack_adapter import SlackConfig
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("summarize", "translate", "model", "forget", "reload")
+SUMMARIZE_SHORTCUT = "summarize_thread"  # callback ids of the message shortcuts in the app manifest
+TRANSLATE_SHORTCUT = "translate_message"
+# A thread is read to its end (its newest messages matter most), but never more than this many messages.
+THREAD_READ_CAP = 1_000
+PAGE = 200  # Slack's recommended page size for conversations.history / .replies
+CANNOT_READ = (
+    "I can't read this conversation. If it is a channel, invite me first (/invite @scratchbot), then try again."
+)
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class SlackCommands:
+    def __init__(self, manager: ConversationManager, client: AsyncWebClient, config: SlackConfig, spawn: Spawn):
+        self._manager = manager
+        self._client = client
+        self._config = config
+        self._spawn = spawn
+
+    def register(self, app: AsyncApp) -> None:
+        for name in COMMANDS:
+            app.command(f"/{name}")(self._on_command)
+        app.shortcut(SUMMARIZE_SHORTCUT)(self._on_summarize_thread)
+        app.shortcut(TRANSLATE_SHORTCUT)(self._on_translate_message)
+
+    async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        await ack()
+        self._spawn(self._command(command, respond))
+
+    async def _on_summarize_thread(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+        await ack()
+        self._spawn(self._shortcut(shortcut, respond, "summarize"))
+
+    async def _on_translate_message(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+        await ack()
+        self._spawn(self._shortcut(shortcut, respond, "translate"))
+
+    async def _command(self, command: dict[str, Any], respond: Any) -> None:
+        name = str(command["command"]).lstrip("/")
+        team, user, channel = str(command["team_id"]), str(command["user_id"]), str(command["channel_id"])
+        text = str(command.get("text") or "").strip()
+        reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
+        transcript = None
+        if name == "summarize" and (not text or (text.isdigit() and 1 <= int(text) <= 500)):
+            transcript = await self.read(reply, channel, None, int(text) if text else self._config.summarize_fetch)
+            if transcript is None:
+                return
+        incoming = Incoming(
+            platform="slack", tenant=team, channel=_conversation_channel(channel, user), author_id=user, text=text,
+            command=name, is_dm=channel.startswith("D"), transcript=transcript,
+        )
+        await self._manager.handle(incoming, reply)
+
+    async def _shortcut(self, shortcut: dict[str, Any], respond: Any, command: str) -> None:
+        team, user = str(shortcut["team"]["id"]), str(shortcut["user"]["id"])
+        channel, message = str(shortcut["channel"]["id"]), shortcut["message"]
+        root = str(message.get("thread_ts") or message["ts"])
+        reply = self._reply(channel, root, user, respond if shortcut.get("response_url") else None)
+        transcript, text = None, ""
+        if command == "summarize":
+            transcript = await self.read(reply, channel, root, THREAD_READ_CAP)
+            if transcript is None:
+                return
+        else:
+            text = f"{self._config.translate_language} {plain(str(message.get('text') or ''))}"
+        incoming = Incoming(
+            platform="slack", tenant=team, channel=_conversation_channel(channel, user), author_id=user, text=text,
+            command=command, thread=root, is_dm=channel.startswith("D"), transcript=transcript,
+        )
+        await self._manager.handle(incoming, reply)
+
+    def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
+        ephemeral: Ephemeral = (
+            response_url_sender(respond) if respond is not None
+            else post_ephemeral_sender(self._client, channel, user, thread_ts)
+        )
+        return SlackReply(
+            ChannelSink(self._client, channel, thread_ts), ephemeral=ephemeral,
+            interval_s=self._config.edit_interval_s, limit=self._config.message_limit,
+        )
+
+    async def read(
+        self, reply: SlackReply, channel: str, thread_ts: str | None, limit: int
+    ) -> tuple[TranscriptLine, ...] | None:
+        """The conversation as a transcript, or None after telling the user why it could not be read."""
+        try:
+            return await self.transcript(channel, thread_ts, limit)
+        except RateLimited as e:
+            await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
+        except SlackApiError as e:
+            log.info("could not read Slack conversation %s: %s", channel, e.response.get("error"))
+            await reply.send(CANNOT_READ)
+        return None
+
+    async def transcript(self, channel: str, thread_ts: str | None, limit: int | None = None) -> tuple[
+        TranscriptLine, ...
+    ]:
+        """The newest ``limit`` messages of a channel (``thread_ts`` None) or of a thread, oldest first."""
+        limit = limit or self._config.summarize_fetch
+        cap = limit if thread_ts is None else THREAD_READ_CAP
+        messages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(messages) < cap:
+            page = min(PAGE, cap - len(messages))
+            if thread_ts is None:
+                call = self._client.conversations_history(channel=channel, limit=page, cursor=cursor)
+            else:
+                call = self._client.conversations_replies(channel=channel, ts=thread_ts, limit=page, cursor=cursor)
+            response = await calling(call)
+            messages += response.get("messages") or []
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                break
+        if thread_ts is None:
+            messages.reverse()  # history comes newest first; replies oldest first
+        lines = [
+            TranscriptLine(author="bot" if m.get("bot_id") else str(m.get("user") or "someone"), text=plain(m["text"]))
+            for m in messages
+            if m.get("text") and m.get("subtype") in (None, "bot_message", "thread_broadcast")
+        ]
+        return tuple(lines[-limit:])
+
+
+def _conversation_channel(channel: str, user: str) -> str:
+    """Where a request is filed: a DM (channel id D…) under the user's DM channel, as the adapter files DMs."""
+    return dm_channel(user) if channel.startswith("D") else channel
