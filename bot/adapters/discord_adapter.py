@@ -1,0 +1,402 @@
+"""Discord: the only module that imports discord.py.
+
+Turns mentions, DMs, slash commands and message context menus into `Incoming` for the core, and answers through
+`StreamedMessages` (a reply edited about once a second, split at 2,000 characters). Nothing the bot sends can ping:
+`allowed_mentions` is none on the client and on every call. Deleted messages and guilds the bot leaves are purged
+from storage through raw gateway events, so messages sent before a restart are covered too.
+
+Scope of a conversation: guild + channel + thread (a thread is its own conversation; a reply chain is part of its
+channel's). DMs are filed under `dm_tenant(user)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import discord
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from bot.adapters.base import Incoming, TranscriptLine, parse_command
+from bot.adapters.redaction import install_redaction
+from bot.adapters.splitting import split_message
+from bot.adapters.streaming import MessageSink, StreamedMessages
+from bot.conversation import ConversationManager
+from storage.records import dm_tenant
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
+NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
+TRANSCRIPT_DEFAULT = 100  # messages fetched for a summary without a count (the core keeps its own default of them)
+RESTARTING = "I'm restarting right now; please try again in a minute."
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str  # the bot token (developer portal -> Bot -> Reset Token); never logged
+    api_base: str | None = None  # REST base such as "http://127.0.0.1:8080/api/v10"; None: Discord. Tests use a fake
+    edit_interval_s: float = 1.0  # at most one edit of a streamed reply per this many seconds (Discord allows ~5/5 s)
+    sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
+    message_content: bool = False  # privileged intent; only lets /summarize read messages that do not mention us
+    close_grace_s: float = 30.0  # how long `close` lets answers in progress finish before disconnecting
+
+
+class DiscordAdapter:
+    name = PLATFORM
+
+    def __init__(self, manager: ConversationManager, config: DiscordConfig) -> None:
+        self._manager = manager
+        self._config = config
+        self._owner_ids: frozenset[int] = frozenset()
+        self._closing = False
+        self._answering: set[asyncio.Task[object]] = set()
+        install_redaction("discord", [config.token])
+        self._client = discord.Client(intents=_intents(config), allowed_mentions=NO_MENTIONS)
+        self._tree = app_commands.CommandTree(self._client)
+        # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.
+        self._client.setup_hook = self._setup_hook  # type: ignore[method-assign]
+        self._client.on_message = self._on_message  # type: ignore[attr-defined]
+        self._client.on_raw_message_delete = self._on_raw_message_delete  # type: ignore[attr-defined]
+        self._client.on_guild_remove = self._on_guild_remove  # type: ignore[attr-defined]
+        for command in _commands(self):
+            self._tree.add_command(command)
+
+    async def run(self) -> None:
+        """Log in, connect, serve until `close`. A bad token raises discord.LoginFailure."""
+        with _pointed_at(self._config.api_base):
+            async with self._client:
+                await self._client.start(self._config.token)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._answering:
+            _, late = await asyncio.wait(set(self._answering), timeout=self._config.close_grace_s)
+            if late:
+                log.warning("closing with %d answers still in progress", len(late))
+        await self._client.close()
+
+    # -- startup -------------------------------------------------------------------------------------------------
+
+    async def _setup_hook(self) -> None:
+        if self._config.api_base is not None:
+            # A plain Client connects to Discord's fixed gateway; with another API, ask it where its gateway is.
+            _, url, _ = await self._client.http.get_bot_gateway()
+            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        app = await self._client.application_info()
+        owners = {app.owner.id}
+        if app.team is not None:  # read-only team members may look, not reload (as discord.py's own is_owner)
+            roles = (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+            owners |= {m.id for m in app.team.members if m.role in roles}
+        self._owner_ids = frozenset(owners)
+        if self._config.sync_commands:
+            synced = await self._tree.sync()
+            log.info("published %d application commands", len(synced))
+
+    # -- messages ------------------------------------------------------------------------------------------------
+
+    async def _on_message(self, message: discord.Message) -> None:
+        me = self._client.user
+        if message.author.bot or me is None or self._closing:
+            return  # other bots (and our own replies) would answer each other forever
+        is_dm = message.guild is None
+        if not is_dm and me not in message.mentions:
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return  # joins, pins, thread-created notices
+        text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+        command, args = parse_command(text)
+        transcript = None
+        if command == "summarize":
+            transcript = await _transcript(message.channel, _count(args), before=message)
+        incoming = self._incoming(
+            message.channel, message.guild, message.author, command, args, str(message.id), transcript
+        )
+        reply = SinkReply(ChannelSink(message), self._config.edit_interval_s)
+        with self._answer_in_progress():
+            async with _typing(message.channel):
+                await self._manager.handle(incoming, reply)
+
+    def _incoming(
+        self,
+        channel: object,
+        guild: discord.Guild | None,
+        author: discord.abc.User,
+        command: str,
+        text: str,
+        message_id: str | None,
+        transcript: tuple[TranscriptLine, ...] | None = None,
+    ) -> Incoming:
+        if guild is None:
+            tenant, where, thread = dm_tenant(str(author.id)), str(getattr(channel, "id", "")), ""
+        elif isinstance(channel, discord.Thread):
+            tenant, where, thread = str(guild.id), str(channel.parent_id), str(channel.id)
+        else:
+            tenant, where, thread = str(guild.id), str(getattr(channel, "id", "")), ""
+        return Incoming(
+            platform=PLATFORM, tenant=tenant, channel=where, thread=thread, author_id=str(author.id),
+            author_name=author.display_name, text=text, command=command, message_id=message_id,
+            is_dm=guild is None, author_is_owner=author.id in self._owner_ids, transcript=transcript,
+        )
+
+    @contextlib.contextmanager
+    def _answer_in_progress(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None  # discord.py runs every handler in its own task
+        self._answering.add(task)
+        try:
+            yield
+        finally:
+            self._answering.discard(task)
+
+    # -- what happened on Discord's side -------------------------------------------------------------------------
+
+    async def _on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
+        channel = self._client.get_channel(event.channel_id)
+        if channel is None:  # an uncached thread or DM: ask which channel (or whose DM) it is
+            try:
+                channel = await self._client.fetch_channel(event.channel_id)
+            except discord.HTTPException as e:
+                log.info("message deleted in channel %s, which we cannot see (%s)", event.channel_id, e.status)
+                return
+        if event.guild_id is not None:
+            tenant = str(event.guild_id)
+            where = channel.parent_id if isinstance(channel, discord.Thread) else event.channel_id
+        elif isinstance(channel, discord.DMChannel) and channel.recipient is not None:
+            tenant, where = dm_tenant(str(channel.recipient.id)), event.channel_id
+        else:
+            return
+        await self._manager.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
+
+    async def _on_guild_remove(self, guild: discord.Guild) -> None:
+        deleted = await self._manager.tenant_removed(PLATFORM, str(guild.id), "guild removed")
+        log.info("removed from guild %s: %d stored messages purged", guild.id, deleted)
+
+    # -- slash commands and context menus ------------------------------------------------------------------------
+
+    async def command(
+        self, interaction: discord.Interaction, command: str, text: str = "", *, ephemeral: bool = False,
+        transcript_of: discord.abc.Messageable | None = None, count: int | None = None,
+        before: discord.Message | None = None,
+    ) -> None:
+        """Defer (Discord wants an answer within 3 s), then let the core answer into the deferred response."""
+        if self._closing:
+            await interaction.response.send_message(RESTARTING, ephemeral=True)
+            return
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+        except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
+            log.warning("could not defer /%s: %s", command, e)
+            return
+        transcript = None
+        if transcript_of is not None:
+            transcript = await _transcript(transcript_of, count, before=before)
+        incoming = self._incoming(
+            interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
+        )
+        reply = SinkReply(InteractionSink(interaction, ephemeral), self._config.edit_interval_s)
+        with self._answer_in_progress():
+            await self._manager.handle(incoming, reply)
+
+    async def checkpoint_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice]:
+        probe = self._incoming(interaction.channel, interaction.guild, interaction.user, "reload", "", None)
+        if not self._manager.is_admin(probe):
+            return []  # nothing to pick for those who may not reload; the refusal itself comes from the core
+        names = await asyncio.to_thread(self._manager.checkpoint_names)
+        matching = [n for n in names if current.lower() in n.lower()]
+        return [app_commands.Choice(name=n[:100], value=n) for n in matching[:25]]  # Discord's limits
+
+
+def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_commands.ContextMenu]:
+    """The slash commands and context menus, as thin calls into `DiscordAdapter.command`."""
+
+    @app_commands.command(name="summarize", description="Summarize this channel's or thread's recent messages")
+    @app_commands.describe(count="How many recent messages to read (1-500)")
+    async def summarize(interaction: discord.Interaction, count: app_commands.Range[int, 1, 500] | None = None):
+        await adapter.command(
+            interaction, "summarize", str(count or ""), transcript_of=interaction.channel, count=count
+        )
+
+    @app_commands.command(name="translate", description="Translate text into another language")
+    @app_commands.describe(language="Into which language, e.g. German", text="The text to translate")
+    async def translate(interaction: discord.Interaction, language: str, text: str):
+        # The core reads the language as one word: "Brazilian Portuguese" travels as "Brazilian-Portuguese".
+        await adapter.command(interaction, "translate", f"{'-'.join(language.split())} {text}")
+
+    @app_commands.command(name="model", description="Which model answers, and how busy it is")
+    async def model(interaction: discord.Interaction):
+        await adapter.command(interaction, "model", ephemeral=True)
+
+    @app_commands.command(name="forget", description="Delete everything the bot stored from you")
+    async def forget(interaction: discord.Interaction):
+        await adapter.command(interaction, "forget", ephemeral=True)
+
+    @app_commands.command(name="reload", description="Admins: switch the bot to another checkpoint")
+    @app_commands.describe(name="Checkpoint file name; the newest when left out")
+    async def reload(interaction: discord.Interaction, name: str | None = None):
+        await adapter.command(interaction, "reload", name or "", ephemeral=True)
+
+    @reload.autocomplete("name")
+    async def reload_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await adapter.checkpoint_choices(interaction, current)
+
+    async def summarize_thread(interaction: discord.Interaction, message: discord.Message):
+        # The thread the message is in or started; otherwise the channel up to and including the message.
+        if isinstance(message.channel, discord.Thread) or message.thread is None:
+            where, before = message.channel, _after(message)
+        else:
+            where, before = message.thread, None
+        await adapter.command(interaction, "summarize", transcript_of=where, before=before)
+
+    async def translate_message(interaction: discord.Interaction, message: discord.Message):
+        # Into the language of the user's own Discord client: the one they are reading in.
+        await adapter.command(interaction, "translate", f"{_language(interaction.locale)} {message.content}")
+
+    return [
+        summarize, translate, model, forget, reload,
+        app_commands.ContextMenu(name="Summarize thread", callback=summarize_thread),
+        app_commands.ContextMenu(name="Translate message", callback=translate_message),
+    ]
+
+
+# -- replies -------------------------------------------------------------------------------------------------------
+
+
+class SinkReply:
+    """`Reply` over a `MessageSink`: whole messages split at the limit, streams edited at most once a interval."""
+
+    def __init__(self, sink: MessageSink[object], interval_s: float) -> None:
+        self._sink = sink
+        self._interval = interval_s
+
+    async def send(self, text: str) -> None:
+        for chunk in split_message(text, MESSAGE_LIMIT):
+            await self._sink.post(chunk)
+
+    async def stream(self, deltas: AsyncIterator[str]) -> str:
+        return await StreamedMessages(self._sink, limit=MESSAGE_LIMIT, interval_s=self._interval).run(deltas)
+
+
+class ChannelSink:
+    """Answers as replies: the first to the user's message, each later one to the one before, so a long answer
+    reads as one chain even when others write in between. discord.py waits out 429s itself (`retry_after`)."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self._reply_to = message
+
+    async def post(self, text: str) -> discord.Message:
+        # fail_if_not_exists=False: if the question is deleted meanwhile, the answer still arrives.
+        reference = self._reply_to.to_reference(fail_if_not_exists=False)
+        sent = await self._reply_to.channel.send(text, reference=reference, allowed_mentions=NO_MENTIONS)
+        self._reply_to = sent
+        return sent
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
+
+
+class InteractionSink:
+    """The deferred response ("thinking…") becomes the first message; more of a long answer follows up."""
+
+    def __init__(self, interaction: discord.Interaction, ephemeral: bool) -> None:
+        self._interaction = interaction
+        self._ephemeral = ephemeral
+        self._original_used = False
+
+    async def post(self, text: str) -> discord.WebhookMessage | None:
+        if not self._original_used:
+            self._original_used = True
+            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            return None  # None stands for the original response
+        return await self._interaction.followup.send(
+            text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
+        )
+
+    async def edit(self, handle: discord.WebhookMessage | None, text: str) -> None:
+        if handle is None:
+            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+        else:
+            await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _intents(config: DiscordConfig) -> discord.Intents:
+    """Only what the bot uses. Message content is privileged and not needed: Discord includes the content of
+    messages that mention the bot, of DMs, and of a context menu's target message."""
+    intents = discord.Intents.none()
+    intents.guilds = True  # joins and removals (purge), the channel and thread cache (a thread's parent)
+    intents.guild_messages = True  # mentions in channels and threads, and their deletion
+    intents.dm_messages = True  # direct messages and their deletion
+    intents.message_content = config.message_content
+    return intents
+
+
+@contextlib.contextmanager
+def _pointed_at(api_base: str | None) -> Iterator[None]:
+    """discord.py's REST base and gateway are class attributes; point them elsewhere for this run only."""
+    if api_base is None:
+        yield
+        return
+    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    Route.BASE = api_base.rstrip("/")
+    try:
+        yield
+    finally:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@contextlib.asynccontextmanager
+async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
+    """The typing indicator while the model works; an answer must not fail because the indicator did."""
+    indicator = channel.typing()
+    try:
+        await indicator.__aenter__()
+    except discord.HTTPException as e:
+        log.info("no typing indicator: %s", e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await indicator.__aexit__(None, None, None)
+
+
+async def _transcript(
+    channel: object, count: int | None, *, before: discord.Message | discord.Object | None = None
+) -> tuple[TranscriptLine, ...] | None:
+    """Recent messages for a summary, oldest first; None (the core then uses its stored history) when the channel
+    cannot be read or shows no text (without the message content intent, others' messages arrive empty)."""
+    if not isinstance(channel, discord.abc.Messageable):
+        return None
+    try:
+        messages = [m async for m in channel.history(limit=count or TRANSCRIPT_DEFAULT, before=before)]
+    except discord.HTTPException as e:
+        log.info("cannot read history for a summary (%s); using stored history", e.status)
+        return None
+    lines = tuple(TranscriptLine(m.author.display_name, m.content) for m in reversed(messages) if m.content.strip())
+    return lines or None
+
+
+def _after(message: discord.Message) -> discord.Object:
+    """A `before` bound that includes ``message`` itself."""
+    return discord.Object(id=message.id + 1)
+
+
+def _count(args: str) -> int | None:
+    """A valid summary count typed after a mention; anything else is left to the core to refuse."""
+    return int(args) if args.strip().isdigit() and 1 <= int(args) <= 500 else None
+
+
+def _language(locale: discord.Locale) -> str:
+    """'german' -> German, 'brazil_portuguese' -> Portuguese; Discord names every locale after its language."""
+    return locale.name.rsplit("_", 1)[-1].title() if isinstance(locale, discord.Locale) else "English"

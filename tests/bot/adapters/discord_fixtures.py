@@ -1,0 +1,122 @@
+"""Fixtures for the Discord adapter's tests: a fake Discord, a core over SQLite, and the adapter connected to both.
+
+Test modules import the `*_fixture` functions (registered under the short names) rather than a conftest.py, so
+the Slack tests next door keep their own `manager` and `generator` to themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.adapters.discord_adapter import DiscordAdapter, DiscordConfig
+from bot.auth import AdminPolicy
+from bot.channel_settings import ChannelConfig
+from bot.conversation import ConversationManager, ManagerConfig
+from bot.ratelimit import RateLimiter
+from llm.tokenizer import Tokenizer
+from storage.store import Store
+from tests.bot.fakes import FakeGenerator
+from tests.fake_discord import FakeDiscord
+from tests.fake_discord import payloads as p
+
+TOKEN = "MTEwMDAwMDAwMDAwMDAwMDAwMQ.fake-bot-token.x9Zq"  # shaped like a real token, so a leak is recognisable
+EDIT_INTERVAL_S = 0.25
+WAIT_S = 20.0  # generous: a loaded 2-core machine is slow, and every wait polls for its condition
+DEFAULTS = ChannelConfig(max_new_tokens=100, temperature=0.0, top_k=None, top_p=None, history_messages=20)
+_TOKENIZER = Tokenizer()
+
+
+async def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` when ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Bot:
+    """What a test drives: the fake Discord, the core's pieces, and the running adapter."""
+
+    discord: FakeDiscord
+    adapter: DiscordAdapter
+    generator: FakeGenerator
+    store: Store
+    task: asyncio.Task[None]
+
+    async def mention(self, text: str, *, author: dict = p.ALICE, channel: str = p.CHANNEL_ID) -> dict:
+        message = p.message(channel, author, f"<@{p.APP_ID}> {text}", mentions=[p.BOT])
+        await self.discord.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    async def answered(self, message: dict, text: str) -> list:
+        """Wait until the replies to ``message`` (a chain) show exactly ``text``; return them."""
+
+        def done() -> bool:
+            return "\n".join(m.content for m in self.chain(message["id"])).replace("\n", "") == text.replace(
+                "\n", ""
+            )
+
+        await wait_until(done, f"the answer to {message['content'][:40]!r}")
+        return self.chain(message["id"])
+
+    def chain(self, message_id: str) -> list:
+        """The bot's replies to a message: the first replies to it, each later one to the one before."""
+        chain = []
+        replies = self.discord.replies_to(message_id)
+        while replies:
+            chain.append(replies[0])
+            replies = self.discord.replies_to(replies[0].id)
+        return chain
+
+
+@pytest.fixture(name="generator")
+def generator_fixture() -> FakeGenerator:
+    return FakeGenerator(" The answer is 4.")
+
+
+@pytest.fixture(name="checkpoints")
+def checkpoints_fixture(tmp_path: Path) -> Path:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for name in ("gpt2-small-sft.safetensors", "gpt2-medium-sft.pth"):
+        (directory / name).write_bytes(b"weights")
+    return directory
+
+
+@pytest.fixture(name="manager")
+def manager_fixture(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
+    return ConversationManager(
+        store, generator, _TOKENIZER, AdminPolicy({"discord": [p.ADMIN_ID]}), RateLimiter(1000), checkpoints,
+        ManagerConfig(defaults=DEFAULTS, request_timeout_s=60, summarize_default=50),
+    )
+
+
+@pytest.fixture(name="application")
+def application_fixture() -> dict:
+    return p.application()
+
+
+@pytest.fixture(name="bot")
+async def bot_fixture(manager, generator, store, application) -> AsyncIterator[Bot]:
+    fake = FakeDiscord(TOKEN, application=application)
+    await fake.start()
+    adapter = DiscordAdapter(manager, DiscordConfig(token=TOKEN, api_base=fake.api_base,
+                                                    edit_interval_s=EDIT_INTERVAL_S, close_grace_s=5.0))
+    task = asyncio.create_task(adapter.run())
+    try:
+        await wait_until(lambda: fake.connected or task.done(), "the bot to connect")
+        if task.done():
+            task.result()  # raise what stopped it
+        yield Bot(fake, adapter, generator, store, task)
+    finally:
+        await adapter.close()
+        await asyncio.wait_for(task, WAIT_S)
+        await fake.close()
