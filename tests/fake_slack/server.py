@@ -198,3 +198,12 @@ async def eventually(condition: Any, timeout_s: float = 15.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def eventually_async(read: Any, expected: Any, timeout_s: float = 15.0, what: str = "condition") -> None:
+    """Poll until ``await read()`` equals ``expected`` (a database read); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (got := await read()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {got!r} != {expected!r}")
+        await asyncio.sleep(0.05)
