@@ -26,6 +26,8 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 # <@U123>, <@U123|name>, <#C123|general>, <!here>, <!subteam^S1|@team>, <https://x|label>, <mailto:a@b>
 _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 _TOKEN = re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+")
+# Every request body carries Slack's legacy verification token, as JSON ("token": "…") or as a form (token=…).
+_TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"]|\btoken=)[^'"&\s]+""")
 REDACTED = "[redacted]"
 
 
@@ -77,6 +79,7 @@ class RedactSecrets(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
+        text = _TOKEN_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
         return _TOKEN.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -42,7 +42,7 @@ class SignedPoster:
         headers = {
             "Content-Type": content_type,
             "X-Slack-Request-Timestamp": str(timestamp),
-            "X-Slack-Signature": signature or sign(self.secret, timestamp, body),
+            "X-Slack-Signature": sign(self.secret, timestamp, body) if signature is None else signature,
         }
         if retry_num is not None:
             headers["X-Slack-Retry-Num"] = str(retry_num)

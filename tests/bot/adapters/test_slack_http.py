@@ -1,0 +1,111 @@
+"""The Slack adapter end to end in HTTP mode: Bolt's aiohttp endpoint served beside other work on one loop, requests
+signed as Slack signs them, retries with X-Slack-Retry-Num, two bot processes sharing one database, and requests
+that must be refused without running anything or logging a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from storage.records import ConversationKey
+from storage.store import open_store
+from tests.bot.fakes import FakeGenerator
+from tests.fake_slack import fixtures
+from tests.fake_slack.fixtures import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    http_config,
+    make_manager,
+    running,
+    socket_config,
+)
+from tests.fake_slack.payloads import event_callback, mention, slash_command
+from tests.fake_slack.server import eventually
+from tests.fake_slack.signing import SignedPoster, sign
+
+fake_slack, generator = fixtures.fake_slack, fixtures.generator
+manager, checkpoints = fixtures.manager, fixtures.checkpoints
+TS = "1700000100.000100"
+ANSWER = "The answer is 4."
+
+
+def poster(adapter) -> SignedPoster:
+    return SignedPoster(f"http://127.0.0.1:{adapter.http_port}/slack/events", SIGNING_SECRET)
+
+
+async def test_a_signed_mention_is_answered_and_its_retry_is_not(fake_slack, manager, generator) -> None:
+    body = event_callback(mention("What is 2+2?", TS), event_id="Ev-http")
+    async with running(manager, http_config(fake_slack)) as adapter:
+        assert await poster(adapter).event(body) == (200, "")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
+        assert (await poster(adapter).event(body, retry_num=1))[0] == 200
+        # A retry whose first delivery never arrived is the only copy: it is answered.
+        lone = event_callback(mention("Lost?", "1700000200.000100"), event_id="Ev-lone")
+        assert (await poster(adapter).event(lone, retry_num=2))[0] == 200
+        await eventually(lambda: fake_slack.thread("C1", "1700000200.000100") == [ANSWER], what="the lone retry")
+        await asyncio.sleep(0.3)
+    assert fake_slack.thread("C1", TS) == [ANSWER] and len(generator.prompts) == 2
+
+
+async def test_a_slash_command_over_http_is_acknowledged_at_once(fake_slack, manager, generator) -> None:
+    generator.hold, generator.delay_s = asyncio.Event(), 0.01
+    async with running(manager, http_config(fake_slack)) as adapter:
+        command = slash_command("/translate", "French Hello", fake_slack.response_url())
+        started = asyncio.get_running_loop().time()
+        assert await poster(adapter).command(command) == (200, "")
+        assert asyncio.get_running_loop().time() - started < 3.0  # while the answer still waits for the model
+        generator.hold.set()
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the translation")
+
+
+async def test_two_processes_sharing_a_database_answer_a_duplicated_event_once(
+    fake_slack, checkpoints: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    async with open_store(url) as first_store, open_store(url) as second_store:
+        first = make_manager(first_store, FakeGenerator(" The answer is 4."), checkpoints)
+        second = make_manager(second_store, FakeGenerator(" The answer is 4."), checkpoints)
+        async with running(first, http_config(fake_slack)) as a, running(second, http_config(fake_slack)) as b:
+            body = event_callback(mention("What is 2+2?", TS), event_id="Ev-shared")
+            # Slack retried because the first process looked slow; the load balancer sent the retry elsewhere.
+            statuses = await asyncio.gather(poster(a).event(body), poster(b).event(body, retry_num=1))
+            assert [s for s, _ in statuses] == [200, 200]
+            await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
+            await asyncio.sleep(0.5)
+        assert len(fake_slack.called("chat.postMessage")) == 1
+        assert len(await first_store.recent_history(ConversationKey("slack", "T1", "C1", TS))) == 2
+
+
+async def test_forged_stale_and_malformed_requests_are_refused_and_nothing_secret_is_logged(
+    fake_slack, manager, generator, store, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps(event_callback(mention("What is 2+2?", TS)))
+    async with running(manager, http_config(fake_slack)) as adapter:
+        post = poster(adapter)
+        forged = await post.post(body, "application/json", signature=sign("not-the-secret", 0, body))
+        stale = await post.post(body, "application/json", age_s=6 * 60)  # correctly signed, 6 minutes old
+        malformed = await post.post('{"type": "event_callback", "event": ', "application/json")
+        unsigned = await post.post(body, "application/json", signature="")
+        assert [forged[0], stale[0], malformed[0], unsigned[0]] == [401, 401, 400, 401]
+        await asyncio.sleep(0.3)
+    assert generator.prompts == [] and fake_slack.messages == []
+    assert await store.recent_history(ConversationKey("slack", "T1", "C1", TS)) == []
+    assert "Invalid request signature" in caplog.text  # Bolt did log the rejections, body and all
+    assert "legacy-verification-token" not in caplog.text  # the body's own credential was scrubbed
+    for secret in (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET):
+        assert secret not in caplog.text
+
+
+async def test_a_whole_conversation_logged_at_debug_shows_no_token(fake_slack, manager, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running(manager, socket_config(fake_slack)):
+        await fake_slack.send("events_api", event_callback(mention("What is 2+2?", TS)))
+        await fake_slack.send("slash_commands", slash_command("/model", "", fake_slack.response_url()))
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER] and fake_slack.ephemeral, what="answers")
+    assert "Sending a request" in caplog.text and "apps.connections.open" in caplog.text  # the SDKs did log
+    for secret in (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET):
+        assert secret not in caplog.text
