@@ -170,7 +170,7 @@ def interaction(
     return payload
 
 
-def slash(name: str, **options: object) -> Json:
+def slash(command: str, /, **options: object) -> Json:
     """The `data` of a chat-input command; an option given as ("text", True) is the focused one (autocomplete)."""
     rendered = []
     for key, value in options.items():
@@ -178,7 +178,7 @@ def slash(name: str, **options: object) -> Json:
             rendered.append({"name": key, "type": 3, "value": value[0], "focused": True})
         else:
             rendered.append({"name": key, "type": 4 if isinstance(value, int) else 3, "value": value})
-    return {"id": snowflake(), "name": name, "type": 1, "options": rendered}
+    return {"id": snowflake(), "name": command, "type": 1, "options": rendered}
 
 
 def context_menu(name: str, target: Json) -> Json:

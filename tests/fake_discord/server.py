@@ -58,11 +58,13 @@ class FakeDiscord:
         self.identifies: list[Json] = []
         self.resumes: list[Json] = []
         self.commands: list[Json] = []  # the last bulk overwrite
-        self.autocomplete: list[Json] = []  # choices the bot answered with
+        self.autocomplete: dict[str, list[Json]] = {}  # interaction token -> the choices the bot answered with
         self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
         self._session_id = ""
         self._events: list[Json] = []  # this session's dispatches, for replay on RESUME
         self._socket: web.WebSocketResponse | None = None
+        self._live = False  # the socket has a session: dispatches may go out
+        self._ready = False  # ... and the client has its guild (or resumed): a test's events may follow
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -91,7 +93,7 @@ class FakeDiscord:
 
     @property
     def connected(self) -> bool:
-        return self._socket is not None and not self._socket.closed and bool(self._session_id)
+        return self._socket is not None and not self._socket.closed and self._ready
 
     # -- what tests do -------------------------------------------------------------------------------------------
 
@@ -101,12 +103,13 @@ class FakeDiscord:
             self.history.setdefault(data["channel_id"], []).append(data)
         frame = {"op": 0, "t": event, "s": len(self._events) + 1, "d": data}
         self._events.append(frame)
-        if self._socket is not None and not self._socket.closed:
+        if self._live and self._socket is not None and not self._socket.closed:
             await self._socket.send_str(json.dumps(frame))
 
     async def drop_connection(self) -> None:
         """Close the gateway socket the way Discord does on a hiccup (4000: unknown error, resumable)."""
         assert self._socket is not None
+        self._live = self._ready = False  # from now on events wait for the client to RESUME
         await self._socket.close(code=4000, message=b"fake hiccup")
 
     def rate_limit_once(self, method: str, path_pattern: str, retry_after: float) -> None:
@@ -129,7 +132,7 @@ class FakeDiscord:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._socket = socket
+        self._socket, self._live, self._ready = socket, False, False
         await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
         async for frame in socket:
             if frame.type is not WSMsgType.TEXT:
@@ -149,20 +152,23 @@ class FakeDiscord:
             await socket.close(code=4004, message=b"Authentication failed.")
             return
         self.identifies.append(data)
-        session_id, self._events = uuid.uuid4().hex, []
-        await self.dispatch("READY", p.ready(session_id, f"ws://{self.base_url.split('//')[1]}/gateway"))
+        self._session_id, self._events, self._live = uuid.uuid4().hex, [], True
+        await self.dispatch("READY", p.ready(self._session_id, f"ws://{self.base_url.split('//')[1]}/gateway"))
         await self.dispatch("GUILD_CREATE", p.guild())
-        self._session_id = session_id  # `connected` from here: a test's events follow the guild on the socket
+        self._ready = True
 
     async def _resume(self, socket: web.WebSocketResponse, data: Json) -> None:
         if data["token"] != self.token or data["session_id"] != self._session_id:
             await socket.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
             return
         self.resumes.append(data)
-        for frame in self._events[data["seq"]:]:  # what the client missed, in order, with the same sequence
-            await socket.send_str(json.dumps(frame))
+        missed = data["seq"]
+        while missed < len(self._events):  # what the client missed, in order, with the same sequence numbers
+            await socket.send_str(json.dumps(self._events[missed]))
+            missed += 1
         frame = {"op": 0, "t": "RESUMED", "s": len(self._events) + 1, "d": {}}
         self._events.append(frame)
+        self._live = self._ready = True  # no await since the last replay: nothing dispatched meanwhile is lost
         await socket.send_str(json.dumps(frame))
 
     # -- REST ----------------------------------------------------------------------------------------------------
@@ -258,7 +264,7 @@ class FakeDiscord:
     def _interaction_callback(self, body: Json, _query: Any, interaction_id: str, token: str) -> Json:
         kind = body["type"]
         if kind == 8:  # autocomplete result
-            self.autocomplete.append(body["data"])
+            self.autocomplete[token] = body["data"]["choices"]
         response: Json = {"interaction": {"id": interaction_id, "type": 2}, "resource": {"type": kind}}
         if kind in (4, 5):  # a message (type 5: "thinking…" until the original response is edited)
             channel = self._interaction_channel(token)

@@ -7,6 +7,7 @@ the Slack tests next door keep their own `manager` and `generator` to themselves
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -67,6 +68,20 @@ class Bot:
         await wait_until(done, f"the answer to {message['content'][:40]!r}")
         return self.chain(message["id"])
 
+    async def interact(
+        self, data: dict, *, by: dict = p.ALICE, kind: int = 2, channel: dict | None = None, locale: str = "en-US"
+    ) -> str:
+        """Send an INTERACTION_CREATE; return its token (shaped like Discord's, so a leak is recognisable)."""
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
+        payload = p.interaction(data, token, by=by, kind=kind, channel=channel, locale=locale)
+        await self.discord.dispatch("INTERACTION_CREATE", payload)
+        return token
+
+    async def command_answered(self, token: str, done: Callable[[list[str]], bool]) -> list[str]:
+        """Wait until the messages answering interaction ``token`` satisfy ``done``; return their contents."""
+        await wait_until(lambda: done([m.content for m in self.discord.answers_for(token)]), "a command's answer")
+        return [m.content for m in self.discord.answers_for(token)]
+
     def chain(self, message_id: str) -> list:
         """The bot's replies to a message: the first replies to it, each later one to the one before."""
         chain = []
@@ -100,8 +115,9 @@ def manager_fixture(store: Store, generator: FakeGenerator, checkpoints: Path) -
 
 
 @pytest.fixture(name="application")
-def application_fixture() -> dict:
-    return p.application()
+def application_fixture(request: pytest.FixtureRequest) -> dict:
+    """What GET /oauth2/applications/@me says; a test may parametrize it (indirect) to have a team own the bot."""
+    return getattr(request, "param", None) or p.application()
 
 
 @pytest.fixture(name="bot")

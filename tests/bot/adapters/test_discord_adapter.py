@@ -1,18 +1,225 @@
-"""The Discord adapter end to end: the real discord.py client against a fake Discord (tests/fake_discord)."""
+"""The Discord adapter end to end: the real discord.py client against a fake Discord (tests/fake_discord).
+
+Messages: who gets an answer, how it streams (one reply, edited at most once per interval, split at 2,000
+characters, never pinging), 429s, a gateway that drops mid-answer, and deletions reaching storage.
+Slash commands and context menus are in test_discord_commands.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+
+import pytest
+
+from bot.adapters.discord_adapter import MESSAGE_LIMIT
+from bot.adapters.redaction import REDACTED
+from storage.records import ConversationKey, Role, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
+    EDIT_INTERVAL_S,
+    TOKEN,
     Bot,
     application_fixture,
     bot_fixture,
     checkpoints_fixture,
     generator_fixture,
     manager_fixture,
+    wait_until,
 )
+from tests.fake_discord import payloads as p
+
+GUILD_CHANNEL = ConversationKey("discord", p.GUILD_ID, p.CHANNEL_ID)
+THREAD = ConversationKey("discord", p.GUILD_ID, p.CHANNEL_ID, p.THREAD_ID)
+SENDS = r"/channels/\d+/messages(/\d+)?"
 
 
-async def test_a_mention_gets_a_reply_to_its_message(bot: Bot) -> None:
-    question = await bot.mention("What is 2+2?")
-    replies = await bot.answered(question, "The answer is 4.")
-    assert len(replies) == 1
+async def test_a_mention_gets_one_reply_edited_as_text_streams_at_most_once_per_interval(bot: Bot) -> None:
+    answer = " ".join(f"word{i}" for i in range(40))
+    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.03  # about 1.2 s of streaming
+    question = await bot.mention("Tell me forty words")
+    [reply] = await bot.answered(question, answer)
+
+    assert reply.payload["message_reference"]["channel_id"] == int(p.CHANNEL_ID)
+    assert reply.contents[0].endswith("…") and reply.content == answer  # a cursor while streaming, then none
+    edits = bot.discord.calls_to("PATCH", rf"/channels/{p.CHANNEL_ID}/messages/{reply.id}")
+    assert 2 <= len(edits) < 40  # streamed, but not once per word
+    gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
+    assert min(gaps) >= EDIT_INTERVAL_S * 0.95  # throttled (the server sees them no closer than the client sent)
+    typing = bot.discord.calls_to("POST", rf"/channels/{p.CHANNEL_ID}/typing")
+    first_post = bot.discord.calls_to("POST", rf"/channels/{p.CHANNEL_ID}/messages")[0]
+    assert typing and typing[0].at <= first_post.at  # the indicator shows while the model works
+    stored = await bot.store.recent_history(GUILD_CHANNEL)
+    assert [(m.role, m.text) for m in stored] == [(Role.USER, "Tell me forty words"), (Role.ASSISTANT, answer)]
+    assert stored[0].platform_message_id == question["id"]
+
+
+async def test_a_dm_is_answered_without_a_mention_and_filed_under_the_user(bot: Bot) -> None:
+    question = p.message(p.DM_CHANNEL_ID, p.ALICE, "Hello in private", guild_id=None)
+    await bot.discord.dispatch("MESSAGE_CREATE", question)
+    [reply] = await bot.answered(question, "The answer is 4.")
+    assert reply.channel_id == p.DM_CHANNEL_ID
+    stored = await bot.store.recent_history(ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID))
+    assert [m.text for m in stored] == ["Hello in private", "The answer is 4."]
+
+
+async def test_messages_not_addressed_to_the_bot_and_bots_messages_get_nothing(bot: Bot) -> None:
+    chatter = p.message(p.CHANNEL_ID, p.ALICE, "just chatting, no mention")
+    other_bot = p.message(p.CHANNEL_ID, p.OTHER_BOT, f"<@{p.APP_ID}> hello bot", mentions=[p.BOT])
+    ourselves = p.message(p.CHANNEL_ID, p.BOT, f"<@{p.APP_ID}> talking to myself", mentions=[p.BOT])
+    for message in (chatter, other_bot, ourselves):
+        await bot.discord.dispatch("MESSAGE_CREATE", message)
+    marker = await bot.mention("and this one is for you")  # handled after the others: when it is answered...
+    await bot.answered(marker, "The answer is 4.")
+    for message in (chatter, other_bot, ourselves):  # ...they have long been dropped
+        assert bot.discord.replies_to(message["id"]) == []
+    assert len(bot.generator.prompts) == 1
+
+
+async def test_a_thread_is_a_conversation_of_its_own(bot: Bot) -> None:
+    question = await bot.mention("In a thread", channel=p.THREAD_ID)
+    await bot.answered(question, "The answer is 4.")
+    assert [m.text for m in await bot.store.recent_history(THREAD)] == ["In a thread", "The answer is 4."]
+    assert await bot.store.recent_history(GUILD_CHANNEL) == []
+
+
+async def test_a_long_answer_arrives_as_ordered_chunks_with_balanced_code_fences(bot: Bot) -> None:
+    prose = "This sentence explains a step of the program in some detail. " * 25
+    code = "```python\n" + "".join(f"value_{i} = compute({i})  # step {i}\n" for i in range(60)) + "```"
+    answer = f"{prose.strip()}\n\n{code}\n\n{prose.strip()}\n\nThe end."
+    assert len(answer) > 4500
+    bot.generator.answer = " " + answer
+    question = await bot.mention("Explain with code")
+    await wait_until(lambda: "The end." in "".join(m.content for m in bot.chain(question["id"])), "the last chunk")
+    await wait_until(lambda: not bot.chain(question["id"])[-1].content.endswith("…"), "the final edit")
+
+    chunks = [m.content for m in bot.chain(question["id"])]  # each replies to the one before: their order
+    assert len(chunks) >= 3
+    assert all(len(c) <= MESSAGE_LIMIT for c in chunks)
+    assert all(sum(line.startswith("```") for line in c.split("\n")) % 2 == 0 for c in chunks)
+    assert _without_fences("\n".join(chunks)) == _without_fences(answer)
+
+
+async def test_mentions_in_the_answer_are_shown_but_never_ping(bot: Bot) -> None:
+    answer = f"Attention @everyone and @here, <@&{p.ROLE_ID}> and <@{p.USER_ID}>!"
+    bot.generator.answer = " " + answer
+    question = await bot.mention("Shout")
+    await bot.answered(question, answer)
+    sent = bot.discord.calls_to("POST", SENDS) + bot.discord.calls_to("PATCH", SENDS)
+    assert sent and all(call.json["allowed_mentions"] == {"parse": []} for call in sent)
+    assert all("replied_user" not in call.json["allowed_mentions"] for call in sent)  # no ping of the asker
+
+
+async def test_a_429_on_an_edit_is_waited_out_and_the_final_text_arrives_once(bot: Bot) -> None:
+    answer = " ".join(f"token{i}" for i in range(30))
+    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.03
+    bot.discord.rate_limit_once("PATCH", rf"/channels/{p.CHANNEL_ID}/messages/\d+", retry_after=0.6)
+    question = await bot.mention("Stream while rate limited")
+    [reply] = await bot.answered(question, answer)
+
+    edits = bot.discord.calls_to("PATCH", rf"/channels/{p.CHANNEL_ID}/messages/{reply.id}")
+    limited = [i for i, call in enumerate(edits) if call.status == 429]
+    assert len(limited) == 1
+    retry = edits[limited[0] + 1]
+    assert retry.at - edits[limited[0]].at >= 0.6 * 0.95 and retry.json == edits[limited[0]].json
+    assert [c.json["content"] for c in edits if c.status == 200].count(answer) == 1
+    assert len(bot.discord.calls_to("POST", rf"/channels/{p.CHANNEL_ID}/messages")) == 1
+
+
+async def test_the_gateway_dropping_mid_answer_resumes_and_the_answer_arrives_exactly_once(bot: Bot) -> None:
+    answer = " ".join(f"part{i}" for i in range(20))
+    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.01
+    bot.generator.hold = asyncio.Event()
+    first = await bot.mention("A long question")
+    await wait_until(lambda: bot.chain(first["id"]), "the answer to start")
+
+    await bot.discord.drop_connection()
+    second = await bot.mention("Asked while the bot was disconnected", author=p.OWNER)  # replayed on RESUME
+    await wait_until(lambda: bot.discord.resumes and bot.discord.connected, "the client to resume")
+    bot.generator.hold.set()
+    await bot.answered(first, answer)
+    await bot.answered(second, answer)
+
+    await bot.discord.dispatch("MESSAGE_CREATE", first)  # Discord redelivers the first question
+    marker = await bot.mention("marker", author=p.ADMIN)
+    await bot.answered(marker, answer)
+    assert len(bot.discord.identifies) == 1 and len(bot.discord.resumes) == 1  # resumed, not a new session
+    assert len(bot.discord.replies_to(first["id"])) == 1 and len(bot.chain(first["id"])) == 1
+    assert len(bot.generator.prompts) == 3  # first, second, marker: the redelivery was not answered again
+    stored = await bot.store.recent_history(GUILD_CHANNEL)
+    assert [m.text for m in stored].count("A long question") == 1
+
+
+async def test_deleted_messages_and_a_removed_guild_are_purged_from_storage(bot: Bot) -> None:
+    in_channel = await bot.mention("delete me")
+    in_thread = await bot.mention("delete me too", channel=p.THREAD_ID)
+    in_dm = p.message(p.DM_CHANNEL_ID, p.ALICE, "a private word", guild_id=None)
+    await bot.discord.dispatch("MESSAGE_CREATE", in_dm)
+    for question in (in_channel, in_thread, in_dm):
+        await bot.answered(question, "The answer is 4.")
+    dm = ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID)
+
+    async def texts(key: ConversationKey) -> list[str]:
+        return [m.text for m in await bot.store.recent_history(key)]
+
+    for message in (in_channel, in_thread, in_dm):  # raw events: the ids, the channel, the guild if any
+        deleted = {"id": message["id"], "channel_id": message["channel_id"]}
+        if "guild_id" in message:
+            deleted["guild_id"] = message["guild_id"]
+        await bot.discord.dispatch("MESSAGE_DELETE", deleted)
+    for key in (GUILD_CHANNEL, THREAD, dm):
+        await _poll(lambda key=key: texts(key), lambda got: got == ["The answer is 4."], f"the delete in {key}")
+
+    await bot.discord.dispatch("GUILD_DELETE", {"id": p.GUILD_ID})
+    await _poll(lambda: texts(GUILD_CHANNEL), lambda got: got == [], "the guild's purge")
+    assert await texts(THREAD) == [] and await texts(dm) == ["The answer is 4."]  # a DM is not the guild's
+    audit = await bot.store.audit_entries(platform="discord")
+    assert [(a.action, a.target) for a in audit] == [("tenant.purge", p.GUILD_ID)]
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)  # before the bot connects: discord.py logs its URLs and events at DEBUG
+    return caplog
+
+
+async def test_neither_the_bot_token_nor_an_interaction_token_reaches_the_logs(
+    debug_logs: pytest.LogCaptureFixture, bot: Bot
+) -> None:
+    token = await bot.interact(p.slash("model"))
+    await bot.command_answered(token, lambda answers: answers and answers[0].startswith("Model:"))
+    question = await bot.mention("and a message")
+    await bot.answered(question, "The answer is 4.")
+    logging.getLogger("discord.gateway").debug("sent %s", {"op": 2, "d": {"token": TOKEN}})  # as a leak would
+
+    # Everything logged in the bot's process, except the fake server's own access log (it is Discord's side).
+    records = [r for phase in ("setup", "call") for r in debug_logs.get_records(phase) if r.name != "aiohttp.access"]
+    text = "\n".join(r.getMessage() for r in records)
+    [callback] = bot.discord.calls_to("POST", r"/interactions/.*")
+    interaction_id = callback.path.split("/")[2]
+    assert f"/interactions/{interaction_id}/{REDACTED}/callback" in text  # the URLs were logged, redacted
+    assert f"/webhooks/{p.APP_ID}/{REDACTED}/messages/@original" in text
+    assert f"'token': '{REDACTED}'" in text  # INTERACTION_CREATE as the gateway logged it, and the leak above
+    assert TOKEN not in text and token not in text
+
+
+async def _poll(read, ok, what: str) -> None:
+    """Like wait_until, for a condition that needs an await (reading the store)."""
+    got: list[object] = []
+
+    async def check() -> None:
+        while True:
+            got[:] = [await read()]
+            if ok(got[0]):
+                return
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(check(), 20)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}; last saw {got}") from None
+
+
+def _without_fences(text: str) -> str:
+    """The words of ``text`` without fence lines: splitting closes and reopens fences and moves whitespace."""
+    return " ".join(" ".join(line for line in text.split("\n") if not line.startswith("```")).split())
