@@ -11,9 +11,11 @@ import asyncio
 import itertools
 import logging
 
+import discord
 import pytest
+from discord.http import Route
 
-from bot.adapters.discord_adapter import MESSAGE_LIMIT
+from bot.adapters.discord_adapter import MESSAGE_LIMIT, DiscordAdapter, DiscordConfig
 from bot.adapters.redaction import REDACTED
 from storage.records import ConversationKey, Role, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
@@ -27,6 +29,7 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     manager_fixture,
     wait_until,
 )
+from tests.fake_discord import FakeDiscord
 from tests.fake_discord import payloads as p
 
 GUILD_CHANNEL = ConversationKey("discord", p.GUILD_ID, p.CHANNEL_ID)
@@ -223,3 +226,40 @@ async def _poll(read, ok, what: str) -> None:
 def _without_fences(text: str) -> str:
     """The words of ``text`` without fence lines: splitting closes and reopens fences and moves whitespace."""
     return " ".join(" ".join(line for line in text.split("\n") if not line.startswith("```")).split())
+
+
+async def test_the_bot_asks_only_for_unprivileged_intents_it_uses(bot: Bot) -> None:
+    guilds, guild_messages, dm_messages = 1 << 0, 1 << 9, 1 << 12
+    assert bot.discord.identifies[0]["intents"] == guilds | guild_messages | dm_messages  # no message content
+
+
+async def test_close_lets_an_answer_in_progress_finish_and_takes_no_new_ones(bot: Bot) -> None:
+    bot.generator.answer, bot.generator.delay_s = " Finished properly, every word of it.", 0.01
+    bot.generator.hold = asyncio.Event()
+    question = await bot.mention("Answer before you go")
+    await wait_until(lambda: bot.chain(question["id"]), "the answer to start")
+    closing = asyncio.create_task(bot.adapter.close())
+    late = await bot.mention("too late")
+    client = bot.adapter._client  # the client has cached the late message: its handler has run
+    await wait_until(lambda: any(str(m.id) == late["id"] for m in client.cached_messages), "the late message")
+    assert not closing.done()
+    bot.generator.hold.set()
+    await asyncio.wait_for(closing, 20)
+    await asyncio.wait_for(bot.task, 20)
+    assert [m.content for m in bot.chain(question["id"])] == ["Finished properly, every word of it."]
+    assert bot.discord.replies_to(late["id"]) == [] and len(bot.generator.prompts) == 1
+    assert Route.BASE == "https://discord.com/api/v10"  # the fake's address was for this run only
+
+
+async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
+    fake = FakeDiscord(TOKEN)
+    await fake.start()
+    try:
+        adapter = DiscordAdapter(manager, DiscordConfig(token="not-the-token", api_base=fake.api_base))
+        with pytest.raises(discord.LoginFailure):
+            await asyncio.wait_for(adapter.run(), 20)
+        await adapter.close()  # safe after run ended, and again
+        await adapter.close()
+    finally:
+        await fake.close()
+    assert Route.BASE == "https://discord.com/api/v10"
