@@ -21,14 +21,16 @@ WARMUP_STEPS = 3  # cuBLAS and the allocator settle on a side stream before capt
 
 class GraphedDecodeStep:
     """``step(tokens, positions)`` -> next-token logits (B, vocab), like `llm.generate.decode_step` on rows 0..B-1
-    of ``cache``. The returned tensor is overwritten by the next call: copy what must outlive it."""
+    of its own cache, which holds the model's whole context. Capturing costs tens of milliseconds, so one object
+    serves many generations. The returned tensor is overwritten by the next call: copy what must outlive it."""
 
-    def __init__(self, model: GPTModel, cache: KVCache, batch_size: int = 1) -> None:
+    def __init__(self, model: GPTModel, batch_size: int = 1) -> None:
         device = model.tok_emb.weight.device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {device}")
         self._model = model
-        self._cache = cache
+        self.cache = KVCache(model.config, batch_size, dtype=model.final_norm.scale.dtype, device=device)
+        cache = self.cache
         self._tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
         # Capture writes keys and values at the last position: no query sees it until a step writes it for real.
         self._positions = torch.full((batch_size,), cache.max_len - 1, dtype=torch.long, device=device)
@@ -44,7 +46,7 @@ class GraphedDecodeStep:
 
     def _forward(self) -> torch.Tensor:
         logits = self._model(
-            self._tokens[:, None], cache=self._cache, input_pos=self._positions[:, None], static=True
+            self._tokens[:, None], cache=self.cache, input_pos=self._positions[:, None], static=True
         )  # (B, 1, vocab)
         return logits[:, -1]
 

@@ -179,12 +179,13 @@ def generate_tokens(
     params: SamplingParams,
     result: GenerationResult | None = None,
     *,
-    cuda_graph: bool = False,
+    graph: GraphedDecodeStep | None = None,
 ) -> Iterator[int]:
     """Yield generated token ids one at a time; stops at end-of-text (not yielded), max_new_tokens or the context.
 
     ``result``, when given, is filled in as the stream advances (prompt size, finish reason, timing).
-    ``cuda_graph`` (a model on a CUDA device only) replays each decode step as one captured graph.
+    ``graph`` (a model on a CUDA device only) runs in that graph's cache and replays each decode step as one
+    captured graph; capture once, generate many times.
     """
     result = result if result is not None else GenerationResult()
     context = model.config.context_length
@@ -194,8 +195,11 @@ def generate_tokens(
     device = _device_of(model)
     generator = params.make_generator(device)
     start = time.perf_counter()
-    cache = make_cache(model, 1, len(ids) + budget)
-    decode = GraphedDecodeStep(model, cache) if cuda_graph else functools.partial(decode_step, model, cache=cache)
+    if graph is not None:
+        cache, decode = graph.cache, graph  # the cache holds the whole context: any prompt and budget fit
+    else:
+        cache = make_cache(model, 1, len(ids) + budget)
+        decode = functools.partial(decode_step, model, cache=cache)
     logits = prefill(model, torch.tensor(ids, device=device), cache)
     position = torch.tensor([len(ids)], device=device)
     result.finish_reason = "length" if budget == params.max_new_tokens else "context"

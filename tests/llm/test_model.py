@@ -149,4 +149,4 @@ def test_the_static_step_for_cuda_graphs_equals_the_dynamic_one(tiny_model: GPTM
 
 def test_cuda_graphs_are_refused_clearly_off_a_gpu(tiny_model: GPTModel) -> None:
     with pytest.raises(ValueError, match="CUDA device"):
-        GraphedDecodeStep(tiny_model, KVCache(tiny_model.config, 1, 8))
+        GraphedDecodeStep(tiny_model)
