@@ -387,13 +387,11 @@ async def _transcript(
     return lines or None
 
 
-def _after(message: discord.Message) -> discord.Object:
-    """A `before` bound that includes ``message`` itself."""
+def _after(message: discord.Message) -> discord.Object:  # a `before` bound that includes the message itself
     return discord.Object(id=message.id + 1)
 
 
-def _count(args: str) -> int | None:
-    """A valid summary count typed after a mention; anything else is left to the core to refuse."""
+def _count(args: str) -> int | None:  # a valid count typed after a mention; the core refuses the rest
     return int(args) if args.strip().isdigit() and 1 <= int(args) <= 500 else None
 
 

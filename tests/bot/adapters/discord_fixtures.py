@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +22,7 @@ from bot.channel_settings import ChannelConfig
 from bot.conversation import ConversationManager, ManagerConfig
 from bot.ratelimit import RateLimiter
 from llm.tokenizer import Tokenizer
+from storage.records import ConversationKey, StoredMessage
 from storage.store import Store
 from tests.bot.fakes import FakeGenerator
 from tests.fake_discord import FakeDiscord
@@ -31,6 +33,7 @@ EDIT_INTERVAL_S = 0.25
 WAIT_S = 20.0  # generous: a loaded 2-core machine is slow, and every wait polls for its condition
 DEFAULTS = ChannelConfig(max_new_tokens=100, temperature=0.0, top_k=None, top_p=None, history_messages=20)
 _TOKENIZER = Tokenizer()
+T = TypeVar("T")
 
 
 async def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
@@ -40,6 +43,16 @@ async def wait_until(condition: Callable[[], object], what: str, timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def poll(read: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, timeout: float = WAIT_S) -> T:
+    """Like `wait_until`, for a condition that needs an await (reading the store); returns what it read last."""
+    deadline = time.monotonic() + timeout
+    while not ok(got := await read()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {got!r}")
+        await asyncio.sleep(0.02)
+    return got
 
 
 @dataclass
@@ -81,6 +94,11 @@ class Bot:
         """Wait until the messages answering interaction ``token`` satisfy ``done``; return their contents."""
         await wait_until(lambda: done([m.content for m in self.discord.answers_for(token)]), "a command's answer")
         return [m.content for m in self.discord.answers_for(token)]
+
+    async def history_becomes(self, key: ConversationKey, texts: list[str]) -> list[StoredMessage]:
+        """Wait until the stored conversation holds ``texts`` (the answer is stored after its last edit lands)."""
+        return await poll(lambda: self.store.recent_history(key), lambda got: [m.text for m in got] == texts,
+                          f"{key} to hold {texts}")
 
     def chain(self, message_id: str) -> list:
         """The bot's replies to a message: the first replies to it, each later one to the one before."""

@@ -27,6 +27,7 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     checkpoints_fixture,
     generator_fixture,
     manager_fixture,
+    poll,
     wait_until,
 )
 from tests.fake_discord import FakeDiscord
@@ -38,23 +39,22 @@ SENDS = r"/channels/\d+/messages(/\d+)?"
 
 
 async def test_a_mention_gets_one_reply_edited_as_text_streams_at_most_once_per_interval(bot: Bot) -> None:
-    answer = " ".join(f"word{i}" for i in range(40))
-    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.03  # about 1.2 s of streaming
-    question = await bot.mention("Tell me forty words")
+    answer = " ".join(f"word{i}" for i in range(60))
+    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.02  # about 1.2 s of streaming
+    question = await bot.mention("Tell me sixty words")
     [reply] = await bot.answered(question, answer)
 
     assert reply.payload["message_reference"]["channel_id"] == int(p.CHANNEL_ID)
     assert reply.contents[0].endswith("…") and reply.content == answer  # a cursor while streaming, then none
     edits = bot.discord.calls_to("PATCH", rf"/channels/{p.CHANNEL_ID}/messages/{reply.id}")
-    assert 2 <= len(edits) < 40  # streamed, but not once per word
+    assert 2 <= len(edits) < 60  # streamed, but not once per word
     gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
     assert min(gaps) >= EDIT_INTERVAL_S * 0.95  # throttled (the server sees them no closer than the client sent)
     typing = bot.discord.calls_to("POST", rf"/channels/{p.CHANNEL_ID}/typing")
     first_post = bot.discord.calls_to("POST", rf"/channels/{p.CHANNEL_ID}/messages")[0]
     assert typing and typing[0].at <= first_post.at  # the indicator shows while the model works
-    stored = await bot.store.recent_history(GUILD_CHANNEL)
-    assert [(m.role, m.text) for m in stored] == [(Role.USER, "Tell me forty words"), (Role.ASSISTANT, answer)]
-    assert stored[0].platform_message_id == question["id"]
+    stored = await bot.history_becomes(GUILD_CHANNEL, ["Tell me sixty words", answer])
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT] and stored[0].platform_message_id == question["id"]
 
 
 async def test_a_dm_is_answered_without_a_mention_and_filed_under_the_user(bot: Bot) -> None:
@@ -62,8 +62,8 @@ async def test_a_dm_is_answered_without_a_mention_and_filed_under_the_user(bot: 
     await bot.discord.dispatch("MESSAGE_CREATE", question)
     [reply] = await bot.answered(question, "The answer is 4.")
     assert reply.channel_id == p.DM_CHANNEL_ID
-    stored = await bot.store.recent_history(ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID))
-    assert [m.text for m in stored] == ["Hello in private", "The answer is 4."]
+    dm = ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID)
+    await bot.history_becomes(dm, ["Hello in private", "The answer is 4."])
 
 
 async def test_messages_not_addressed_to_the_bot_and_bots_messages_get_nothing(bot: Bot) -> None:
@@ -82,7 +82,7 @@ async def test_messages_not_addressed_to_the_bot_and_bots_messages_get_nothing(b
 async def test_a_thread_is_a_conversation_of_its_own(bot: Bot) -> None:
     question = await bot.mention("In a thread", channel=p.THREAD_ID)
     await bot.answered(question, "The answer is 4.")
-    assert [m.text for m in await bot.store.recent_history(THREAD)] == ["In a thread", "The answer is 4."]
+    await bot.history_becomes(THREAD, ["In a thread", "The answer is 4."])
     assert await bot.store.recent_history(GUILD_CHANNEL) == []
 
 
@@ -154,6 +154,9 @@ async def test_the_gateway_dropping_mid_answer_resumes_and_the_answer_arrives_ex
 
 
 async def test_deleted_messages_and_a_removed_guild_are_purged_from_storage(bot: Bot) -> None:
+    before_restart = "1599999999999999999"  # stored by an earlier run: this client never saw the message
+    await bot.store.add_message(GUILD_CHANNEL, role=Role.USER, author_id=p.USER_ID, text="old question",
+                                platform_message_id=before_restart)
     in_channel = await bot.mention("delete me")
     in_thread = await bot.mention("delete me too", channel=p.THREAD_ID)
     in_dm = p.message(p.DM_CHANNEL_ID, p.ALICE, "a private word", guild_id=None)
@@ -165,19 +168,21 @@ async def test_deleted_messages_and_a_removed_guild_are_purged_from_storage(bot:
     async def texts(key: ConversationKey) -> list[str]:
         return [m.text for m in await bot.store.recent_history(key)]
 
-    for message in (in_channel, in_thread, in_dm):  # raw events: the ids, the channel, the guild if any
+    old = p.message(p.CHANNEL_ID, p.ALICE, "", message_id=before_restart)
+    for message in (old, in_channel, in_thread, in_dm):  # raw events: the ids, the channel, the guild if any
         deleted = {"id": message["id"], "channel_id": message["channel_id"]}
         if "guild_id" in message:
             deleted["guild_id"] = message["guild_id"]
         await bot.discord.dispatch("MESSAGE_DELETE", deleted)
-    for key in (GUILD_CHANNEL, THREAD, dm):
-        await _poll(lambda key=key: texts(key), lambda got: got == ["The answer is 4."], f"the delete in {key}")
+    for key in (GUILD_CHANNEL, THREAD, dm):  # the question goes, the answer stays (it has no Discord id)
+        await bot.history_becomes(key, ["The answer is 4."])
 
     await bot.discord.dispatch("GUILD_DELETE", {"id": p.GUILD_ID})
-    await _poll(lambda: texts(GUILD_CHANNEL), lambda got: got == [], "the guild's purge")
-    assert await texts(THREAD) == [] and await texts(dm) == ["The answer is 4."]  # a DM is not the guild's
-    audit = await bot.store.audit_entries(platform="discord")
-    assert [(a.action, a.target) for a in audit] == [("tenant.purge", p.GUILD_ID)]
+    purge = [("tenant.purge", p.GUILD_ID)]  # audited after the purge: once it is there, the purge is done
+    await poll(lambda: bot.store.audit_entries(platform="discord"),
+               lambda got: [(a.action, a.target) for a in got] == purge, "the purge's audit entry")
+    assert await texts(GUILD_CHANNEL) == [] and await texts(THREAD) == []
+    assert await texts(dm) == ["The answer is 4."]  # a DM is not the guild's
 
 
 @pytest.fixture
@@ -204,23 +209,6 @@ async def test_neither_the_bot_token_nor_an_interaction_token_reaches_the_logs(
     assert f"/webhooks/{p.APP_ID}/{REDACTED}/messages/@original" in text
     assert f"'token': '{REDACTED}'" in text  # INTERACTION_CREATE as the gateway logged it, and the leak above
     assert TOKEN not in text and token not in text
-
-
-async def _poll(read, ok, what: str) -> None:
-    """Like wait_until, for a condition that needs an await (reading the store)."""
-    got: list[object] = []
-
-    async def check() -> None:
-        while True:
-            got[:] = [await read()]
-            if ok(got[0]):
-                return
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(check(), 20)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}; last saw {got}") from None
 
 
 def _without_fences(text: str) -> str:
