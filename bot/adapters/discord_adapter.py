@@ -271,7 +271,7 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
 
 
 class SinkReply:
-    """`Reply` over a `MessageSink`: whole messages split at the limit, streams edited at most once a interval."""
+    """`Reply` over a `MessageSink`: whole messages split at the limit, streams edited at most once per interval."""
 
     def __init__(self, sink: MessageSink[object], interval_s: float) -> None:
         self._sink = sink

@@ -12,6 +12,7 @@ import pytest
 from bot.adapters.discord_adapter import MESSAGE_LIMIT
 from bot.conversation import NOT_ADMIN
 from llm.tokenizer import Tokenizer
+from storage.records import ConversationKey, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
     Bot,
     application_fixture,
@@ -145,3 +146,27 @@ async def test_summarize_thread_reads_the_thread_the_message_is_in(bot: Bot) -> 
     prompt = last_prompt(bot)
     assert "Alice: a thread starts\nAlice: and goes on" in prompt and "outside the thread" not in prompt
     assert bot.discord.calls_to("GET", rf"/channels/{p.THREAD_ID}/messages")
+
+
+async def test_a_command_in_a_dm_is_filed_under_the_user(bot: Bot) -> None:
+    token = await bot.interact(p.slash("summarize"), channel=p.dm_channel(p.ALICE))
+    assert await bot.command_answered(token, finished()) == ["There is nothing here to summarize yet."]
+    dm = p.message(p.DM_CHANNEL_ID, p.ALICE, "remember this", guild_id=None)
+    await bot.discord.dispatch("MESSAGE_CREATE", dm)
+    await bot.answered(dm, "The answer is 4.")
+    key = ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID)
+    await bot.history_becomes(key, ["remember this", "The answer is 4."])
+    token = await bot.interact(p.slash("forget"), channel=p.dm_channel(p.ALICE))
+    assert await bot.command_answered(token, finished()) == ["Done: I deleted 2 stored messages of yours."]
+    assert await bot.store.recent_history(key) == []
+    edits = bot.discord.calls_to("PATCH", rf"/webhooks/{p.APP_ID}/[^/]+/messages/@original")
+    assert edits and all(c.json["allowed_mentions"] == {"parse": []} for c in edits)
+
+
+async def test_a_mention_can_carry_a_command(bot: Bot) -> None:
+    for text in ("older news", "the news", "more news"):
+        await bot.discord.dispatch("MESSAGE_CREATE", p.message(p.CHANNEL_ID, p.ALICE, text))
+    question = await bot.mention("/summarize 2")
+    await bot.answered(question, "The answer is 4.")
+    prompt = last_prompt(bot)
+    assert "Alice: the news\nAlice: more news" in prompt and "older" not in prompt and "/summarize" not in prompt
