@@ -16,7 +16,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import discord
 import yarl
@@ -42,7 +42,7 @@ RESTARTING = "I'm restarting right now; please try again in a minute."
 
 @dataclass(frozen=True)
 class DiscordConfig:
-    token: str  # the bot token (developer portal -> Bot -> Reset Token); never logged
+    token: str = field(repr=False)  # the bot token (developer portal -> Bot -> Reset Token); never logged or shown
     api_base: str | None = None  # REST base such as "http://127.0.0.1:8080/api/v10"; None: Discord. Tests use a fake
     edit_interval_s: float = 1.0  # at most one edit of a streamed reply per this many seconds (Discord allows ~5/5 s)
     sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
@@ -98,8 +98,12 @@ class DiscordAdapter:
             owners |= {m.id for m in app.team.members if m.role in roles}
         self._owner_ids = frozenset(owners)
         if self._config.sync_commands:
-            synced = await self._tree.sync()
-            log.info("published %d application commands", len(synced))
+            try:
+                synced = await self._tree.sync()
+            except discord.HTTPException:  # the commands published last time keep working; chat needs none
+                log.exception("could not publish the application commands")
+            else:
+                log.info("published %d application commands", len(synced))
 
     # -- messages ------------------------------------------------------------------------------------------------
 
@@ -162,17 +166,15 @@ class DiscordAdapter:
     async def _on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
         channel = self._client.get_channel(event.channel_id)
         if channel is None:  # an uncached thread or DM: ask which channel (or whose DM) it is
-            try:
+            with contextlib.suppress(discord.HTTPException):
                 channel = await self._client.fetch_channel(event.channel_id)
-            except discord.HTTPException as e:
-                log.info("message deleted in channel %s, which we cannot see (%s)", event.channel_id, e.status)
-                return
         if event.guild_id is not None:
             tenant = str(event.guild_id)
             where = channel.parent_id if isinstance(channel, discord.Thread) else event.channel_id
         elif isinstance(channel, discord.DMChannel) and channel.recipient is not None:
             tenant, where = dm_tenant(str(channel.recipient.id)), event.channel_id
         else:
+            log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
             return
         await self._manager.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
 
@@ -358,17 +360,12 @@ def _pointed_at(api_base: str | None) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
     """The typing indicator while the model works; an answer must not fail because the indicator did."""
-    indicator = channel.typing()
-    try:
-        await indicator.__aenter__()
-    except discord.HTTPException as e:
-        log.info("no typing indicator: %s", e)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(channel.typing())
+        except discord.HTTPException as e:
+            log.info("no typing indicator: %s", e)
         yield
-        return
-    try:
-        yield
-    finally:
-        await indicator.__aexit__(None, None, None)
 
 
 async def _transcript(

@@ -251,3 +251,7 @@ async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
     finally:
         await fake.close()
     assert Route.BASE == "https://discord.com/api/v10"
+
+
+def test_the_config_never_shows_its_token() -> None:
+    assert TOKEN not in repr(DiscordConfig(token=TOKEN)) and TOKEN not in str(DiscordConfig(token=TOKEN))
