@@ -3,7 +3,8 @@
 Every REST call is recorded with its JSON body. Messages the bot posts (in channels, or as interaction responses
 and follow-ups) are kept with their edits, so a test reads what a user would see. The gateway follows Discord's
 session protocol: HELLO, IDENTIFY -> READY + GUILD_CREATE, heartbeats, and RESUME after a dropped connection,
-which replays the events the client missed and then says RESUMED.
+which replays the events the client missed and then says RESUMED. Frames go out as uncompressed text: discord.py
+asks for zlib-stream but reads text frames as they are, as Discord's own uncompressed mode sends them.
 """
 
 from __future__ import annotations
