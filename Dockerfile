@@ -22,7 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     SCRATCHBOT_DATA_DIR=/data \
-    SCRATCHBOT_CHECKPOINTS_DIR=/data/checkpoints
+    SCRATCHBOT_CHECKPOINTS_DIR=/data/checkpoints \
+    SCRATCHBOT_SLACK_HTTP_HOST=0.0.0.0
 COPY --from=builder /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 scratchbot \
     && mkdir -p /data/checkpoints \
@@ -30,5 +31,7 @@ RUN useradd --create-home --uid 10001 scratchbot \
 USER 10001
 WORKDIR /data
 VOLUME ["/data"]
+# Slack HTTP mode only (Socket Mode and Discord open outgoing connections): publish it behind a TLS proxy.
+EXPOSE 3000
 ENTRYPOINT ["scratchbot"]
 CMD ["run"]
