@@ -78,7 +78,14 @@ def _discord_adapter(manager: ConversationManager, settings: Settings) -> Platfo
     from bot.adapters.discord_adapter import DiscordAdapter, DiscordConfig
 
     assert settings.discord_token is not None  # only called for configured platforms
-    return DiscordAdapter(manager, DiscordConfig(token=settings.discord_token.get_secret_value()))
+    return DiscordAdapter(
+        manager,
+        DiscordConfig(
+            token=settings.discord_token.get_secret_value(),
+            message_content=settings.discord_message_content,
+            close_grace_s=settings.shutdown_grace_s,
+        ),
+    )
 
 
 def _slack_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:

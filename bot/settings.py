@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     # --- platforms: an adapter starts when its token is set; with none, `scratchbot run` opens the console
     discord_token: SecretStr | None = None
+    discord_message_content: bool = False  # privileged intent: lets /summarize read messages that do not mention us
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None  # Socket Mode
     slack_signing_secret: SecretStr | None = None  # HTTP mode

@@ -38,6 +38,8 @@ MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
 NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
 TRANSCRIPT_DEFAULT = 100  # messages fetched for a summary without a count (the core keeps its own default of them)
 RESTARTING = "I'm restarting right now; please try again in a minute."
+# Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
+TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/interactions/\d+/)[^/\s?'\"]+"))
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class DiscordAdapter:
         self._owner_ids: frozenset[int] = frozenset()
         self._closing = False
         self._answering: set[asyncio.Task[object]] = set()
-        install_redaction("discord", [config.token])
+        install_redaction("discord", [config.token], TOKEN_PATHS)
         self._client = discord.Client(intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
         # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.

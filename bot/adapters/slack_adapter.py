@@ -88,6 +88,7 @@ def slack_config(settings: Settings) -> SlackConfig:
         mode=settings.slack_mode,
         http_host=settings.slack_http_host,
         http_port=settings.slack_http_port,
+        close_grace_s=settings.shutdown_grace_s,
     )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
+
+from bot.adapters.redaction import SecretRedactingFilter
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,9 @@ POST_OPTIONS: dict[str, object] = {"parse": "none", "link_names": False, "unfurl
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 # <@U123>, <@U123|name>, <#C123|general>, <!here>, <!subteam^S1|@team>, <https://x|label>, <mailto:a@b>
 _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
-_TOKEN = re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+")
-# Every request body carries Slack's legacy verification token, as JSON ("token": "…") or as a form (token=…).
-_TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"]|\btoken=)[^'"&\s]+""")
-REDACTED = "[redacted]"
+# Bot, user and app-level tokens. Every request body also carries Slack's legacy verification token as a "token"
+# field, which the shared filter scrubs in JSON and in forms.
+SLACK_TOKEN = re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+")
 
 
 def escape(text: str) -> str:
@@ -61,40 +62,6 @@ def plain(text: str, *, bot_user_id: str | None = None) -> str:
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
-class RedactSecrets(logging.Filter):
-    """Replace the given secrets, and anything shaped like a Slack token, in every record it sees.
-
-    Bolt logs a rejected request's body at INFO and the SDKs log requests at DEBUG; the tokens travel in headers
-    the SDK redacts, but a body or URL is logged as is, so we scrub the formatted message before it is emitted."""
-
-    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        super().__init__()
-        self._secrets: list[str] = []
-        self.add(*secrets)
-
-    def add(self, *secrets: str | None) -> None:
-        """Also scrub these values (None and "" are skipped); longest first, so no secret is half-replaced."""
-        self._secrets = sorted(set(self._secrets) | {s for s in secrets if s}, key=len, reverse=True)
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        text = _TOKEN_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
-        return _TOKEN.sub(REDACTED, text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = self.redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_text is None:
-            # Tracebacks of SDK errors repeat request bodies: format now, then scrub.
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        return True
-
-
 # One filter for the process: Bolt copies a base logger's filters into its own loggers once, when they are made,
 # so the set of secrets must be shared and grow as adapters are created.
-SECRETS = RedactSecrets()
+SECRETS = SecretRedactingFilter(patterns=[SLACK_TOKEN])

@@ -100,3 +100,18 @@ async def test_run_serves_the_configured_platforms_instead_of_the_terminal(tmp_p
     os.kill(os.getpid(), signal.SIGINT)
     assert await asyncio.wait_for(running, 60) == 0
     assert adapter.closed == 1
+
+
+async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> None:
+    from bot.adapters.discord_adapter import DiscordAdapter
+    from bot.adapters.slack_adapter import SlackAdapter
+
+    settings = settings_for(
+        tmp_path, discord_token=SecretStr("discord-token"), discord_message_content=True, shutdown_grace_s=7,
+        slack_bot_token=SecretStr("xoxb-1"), slack_signing_secret=SecretStr("shh"), slack_http_port=0,
+    )  # fmt: skip
+    discord, slack = build_adapters(None, settings)  # type: ignore[arg-type]
+    assert isinstance(discord, DiscordAdapter) and isinstance(slack, SlackAdapter)
+    assert discord._config.message_content and discord._config.close_grace_s == 7
+    assert (slack._config.transport, slack._config.close_grace_s, slack._config.http_port) == ("http", 7, 0)
+    assert "discord-token" not in repr(discord._config)

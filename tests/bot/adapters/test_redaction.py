@@ -1,4 +1,4 @@
-"""The log filter that keeps tokens out of what a chat SDK logs."""
+"""The log filter that keeps tokens out of what a chat SDK logs (here with Discord's token patterns)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from bot.adapters.discord_adapter import TOKEN_PATHS
 from bot.adapters.redaction import REDACTED, SecretRedactingFilter, install_redaction
 
 TOKEN = "MTIz.bot-token.abc"
@@ -27,13 +28,13 @@ TOKEN = "MTIz.bot-token.abc"
     ],
 )
 def test_tokens_are_redacted(message: str, expected: str) -> None:
-    assert SecretRedactingFilter([TOKEN]).redact(message) == expected
+    assert SecretRedactingFilter([TOKEN], TOKEN_PATHS).redact(message) == expected
 
 
 def test_installed_on_every_logger_of_the_sdk_with_arguments_formatted(caplog: pytest.LogCaptureFixture) -> None:
     child = logging.getLogger("fakesdk.http")  # exists before installing, as an imported SDK's loggers do
-    install_redaction("fakesdk", [TOKEN])
-    install_redaction("fakesdk", [TOKEN])  # again (a restart): one filter, not two
+    install_redaction("fakesdk", [TOKEN], TOKEN_PATHS)
+    install_redaction("fakesdk", [TOKEN], TOKEN_PATHS)  # again (a restart): one filter, not two
     with caplog.at_level(logging.DEBUG):
         child.debug("%s %s returned %d", "POST", "/interactions/1/secret-token/callback", 204)
         logging.getLogger("fakesdk").warning("token is %s", TOKEN)

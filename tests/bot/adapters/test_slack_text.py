@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from bot.adapters.slack_text import REDACTED, RedactSecrets, escape, plain
+from bot.adapters.redaction import REDACTED, SecretRedactingFilter
+from bot.adapters.slack_text import SLACK_TOKEN, escape, plain
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_plain_turns_slack_markup_into_what_a_reader_sees() -> None:
 
 
 def test_redaction_scrubs_configured_secrets_token_shapes_and_token_fields() -> None:
-    redactor = RedactSecrets(["s3cr3t-signing", None, ""])
+    redactor = SecretRedactingFilter(["s3cr3t-signing", None, ""], [SLACK_TOKEN])
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "secret %s, bot %s, body %s, form %s", (
         "s3cr3t-signing", "xoxb-1-2-abc", '{"token": "verif123", "x": 1}', "token=verif456&user_id=U1",
     ), None)
@@ -44,7 +45,7 @@ def test_redaction_scrubs_configured_secrets_token_shapes_and_token_fields() -> 
 
 
 def test_redaction_also_scrubs_tracebacks() -> None:
-    redactor = RedactSecrets(["hunter2"])
+    redactor = SecretRedactingFilter(["hunter2"], [SLACK_TOKEN])
     try:
         raise RuntimeError("request failed with hunter2")
     except RuntimeError:
