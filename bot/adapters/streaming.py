@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 CURSOR = " …"
 EMPTY_ANSWER = "(no answer: the model stopped before saying anything)"
-# A final edit that keeps getting 429s is given up after this many tries; the error reaches the caller.
+# A placeholder or final edit that keeps getting 429s is given up after this many tries; the error reaches the caller.
 FINAL_ATTEMPTS = 8
 
 H = TypeVar("H")
+T = TypeVar("T")
 
 
 class RateLimited(Exception):  # noqa: N818 -- named for the HTTP status the platforms send
@@ -82,7 +83,10 @@ class StreamedMessages(Generic[H]):
         """Consume ``deltas`` and show them; return the whole text. If the stream fails, what arrived is shown
         without the cursor and the error is raised."""
         if self._placeholder is not None:
-            self._posted.append(_Posted(await self._sink.post(self._placeholder), self._placeholder))
+            placeholder = self._placeholder
+            # A busy channel answers the first post with a 429 as readily as an edit; nothing was posted, so retry.
+            handle = await self._accepted(lambda: self._sink.post(placeholder), "placeholder")
+            self._posted.append(_Posted(handle, placeholder))
             self._next_sync = self._clock() + self._interval
         text = ""
         try:
@@ -107,18 +111,23 @@ class StreamedMessages(Generic[H]):
         self._next_sync = self._clock() + self._interval
 
     async def _final(self, text: str) -> None:
-        wait = self._next_sync - self._clock()
+        shown = text if text.strip() else EMPTY_ANSWER
+        await self._accepted(lambda: self._sync(shown, ""), "final edit", wait=self._next_sync - self._clock())
+
+    async def _accepted(self, call: Callable[[], Awaitable[T]], what: str, *, wait: float = 0.0) -> T:
+        """``call()`` after ``wait`` seconds, repeated after each 429 (a refused call changed nothing, so repeating
+        it cannot show anything twice); after FINAL_ATTEMPTS refusals the last 429 reaches the caller."""
         for attempt in range(1, FINAL_ATTEMPTS + 1):
             if wait > 0:
                 await self._sleep(wait)
             try:
-                await self._sync(text if text.strip() else EMPTY_ANSWER, "")
-                return
+                return await call()
             except RateLimited as e:
                 if attempt == FINAL_ATTEMPTS:
                     raise
                 wait = e.retry_after
-                log.info("final edit rate-limited; retrying in %.2f s", wait)
+                log.info("%s rate-limited; retrying in %.2f s", what, wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _sync(self, text: str, cursor: str) -> None:
         """Post or edit so the messages show ``text`` (plus ``cursor`` on the last). Each message already showing

@@ -90,6 +90,16 @@ async def test_a_placeholder_is_posted_before_the_first_word(clock: Clock) -> No
     assert sink.shown == ["Hello world"]
 
 
+async def test_a_429_on_the_placeholder_is_waited_out_and_it_is_posted_once(clock: Clock) -> None:
+    sink = Sink(clock)
+    sink.refuse_next = [2.0]
+    await StreamedMessages(sink, limit=2000, placeholder="…", clock=clock, sleep=clock.sleep).run(
+        timed(["Hello"], clock, 0.01)
+    )
+    assert clock.slept[0] == 2.0 and sink.calls[0][:3] == ("post", 0, "…")
+    assert sink.shown == ["Hello"]
+
+
 async def test_a_long_answer_becomes_ordered_messages_within_the_limit(clock: Clock) -> None:
     sink = Sink(clock)
     sentences = [f"Sentence {i} is here. " for i in range(300)]
