@@ -155,3 +155,28 @@ async def test_an_8000_character_answer_arrives_complete_and_in_order(fake_slack
                          what="the whole answer")
     shown = fake_slack.thread("C1", TS)
     assert len(shown) == 3 and all(len(text) <= 3_800 for text in shown)
+
+
+async def test_a_429_on_the_placeholder_is_waited_out_and_the_answer_still_arrives(fake_slack, manager, generator):
+    # Two mentions in one channel at once can exceed chat.postMessage's one-per-second; a 429 there posted nothing.
+    fake_slack.rate_limit["chat.postMessage"] = [1]
+    async with running(manager, socket_config(fake_slack)):
+        await fake_slack.send("events_api", event_callback(mention("busy channel", TS)))
+        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
+    posts = fake_slack.called("chat.postMessage")
+    assert len(posts) == 2 and posts[1].at - posts[0].at >= 0.95  # Retry-After: 1, then the placeholder landed
+
+
+async def test_a_redelivered_mention_carrying_a_command_is_answered_once(fake_slack, manager) -> None:
+    # The core files chat messages by their ts and drops a repeat itself; commands are stored nowhere, so only
+    # the event id tells that "@bot /model" was delivered before.
+    event = event_callback(mention("/model", TS), event_id="Ev-command")
+    async with running(manager, socket_config(fake_slack)):
+        await fake_slack.send("events_api", event)
+        await eventually(lambda: len(fake_slack.thread("C1", TS)) == 1, what="the model's description")
+        again = await fake_slack.send("events_api", event, retry_attempt=1)
+        await eventually(lambda: again in fake_slack.acks, what="the retry's ack")
+        marker_ts = "1700000300.000100"
+        await fake_slack.send("events_api", event_callback(mention("marker", marker_ts)))
+        await eventually(lambda: fake_slack.thread("C1", marker_ts) == ["The answer is 4."], what="the marker")
+    assert len(fake_slack.thread("C1", TS)) == 1 and fake_slack.thread("C1", TS)[0].startswith("Model:")
