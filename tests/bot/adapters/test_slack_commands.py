@@ -105,12 +105,13 @@ async def test_translate_posts_in_the_channel_and_usage_stays_private(fake_slack
     assert "Good morning & hi" in TOKENIZER.decode(generator.prompts[0])
 
 
-async def test_translate_where_the_bot_may_not_post_answers_the_user_alone(fake_slack, manager) -> None:
+async def test_translate_where_the_bot_may_not_post_answers_the_user_alone(fake_slack, manager, generator) -> None:
+    generator.answer = " <!here> " + ANSWER  # the private answer is escaped too: nothing the model says notifies
     fake_slack.errors["chat.postMessage"] = "not_in_channel"
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("slash_commands", slash_command("/translate", "German Hi", fake_slack.response_url()))
         await eventually(lambda: fake_slack.ephemeral, what="the private answer")
-    assert ephemeral_texts(fake_slack) == [ANSWER]
+    assert ephemeral_texts(fake_slack) == ["&lt;!here&gt; " + ANSWER]
 
 
 async def test_message_shortcuts_answer_in_the_thread_of_the_message(fake_slack, manager, generator) -> None:
