@@ -118,16 +118,16 @@ class DiscordAdapter:
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread-created notices
-        text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
-        command, args = parse_command(text)
-        transcript = None
-        if command == "summarize":
-            transcript = await _transcript(message.channel, _count(args), before=message)
-        incoming = self._incoming(
-            message.channel, message.guild, message.author, command, args, str(message.id), transcript
-        )
-        reply = SinkReply(ChannelSink(message), self._config.edit_interval_s)
-        with self._answer_in_progress():
+        with self._answer_in_progress():  # from here on, before any await: `close` waits for this answer
+            text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+            command, args = parse_command(text)
+            transcript = None
+            if command == "summarize":
+                transcript = await _transcript(message.channel, _count(args), before=message)
+            incoming = self._incoming(
+                message.channel, message.guild, message.author, command, args, str(message.id), transcript
+            )
+            reply = SinkReply(ChannelSink(message), self._config.edit_interval_s)
             async with _typing(message.channel):
                 await self._manager.handle(incoming, reply)
 
@@ -195,19 +195,19 @@ class DiscordAdapter:
         if self._closing:
             await interaction.response.send_message(RESTARTING, ephemeral=True)
             return
-        try:
-            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-        except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
-            log.warning("could not defer /%s: %s", command, e)
-            return
-        transcript = None
-        if transcript_of is not None:
-            transcript = await _transcript(transcript_of, count, before=before)
-        incoming = self._incoming(
-            interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
-        )
-        reply = SinkReply(InteractionSink(interaction, ephemeral), self._config.edit_interval_s)
-        with self._answer_in_progress():
+        with self._answer_in_progress():  # before the first await: a deferred command must not be left "thinking"
+            try:
+                await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+            except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
+                log.warning("could not defer /%s: %s", command, e)
+                return
+            transcript = None
+            if transcript_of is not None:
+                transcript = await _transcript(transcript_of, count, before=before)
+            incoming = self._incoming(
+                interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
+            )
+            reply = SinkReply(InteractionSink(interaction, ephemeral), self._config.edit_interval_s)
             await self._manager.handle(incoming, reply)
 
     async def checkpoint_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice]:

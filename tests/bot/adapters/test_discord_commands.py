@@ -170,3 +170,13 @@ async def test_a_mention_can_carry_a_command(bot: Bot) -> None:
     await bot.answered(question, "The answer is 4.")
     prompt = last_prompt(bot)
     assert "Alice: the news\nAlice: more news" in prompt and "older" not in prompt and "/summarize" not in prompt
+
+
+async def test_close_waits_for_a_command_still_reading_the_channel(bot: Bot) -> None:
+    # A 429 on the history read keeps /summarize busy before it reaches the core; close must count it as begun.
+    bot.discord.rate_limit_once("GET", rf"/channels/{p.CHANNEL_ID}/messages", retry_after=1.0)
+    await bot.discord.dispatch("MESSAGE_CREATE", p.message(p.CHANNEL_ID, p.ALICE, "something to summarize"))
+    token = await bot.interact(p.slash("summarize"))
+    await wait_until(lambda: any(c.status == 429 for c in bot.discord.calls), "the history read to be rate limited")
+    await bot.adapter.close()
+    assert [m.content for m in bot.discord.answers_for(token)] == ["The answer is 4."]
