@@ -38,6 +38,7 @@ MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
 NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
 TRANSCRIPT_DEFAULT = 100  # messages fetched for a summary without a count (the core keeps its own default of them)
 RESTARTING = "I'm restarting right now; please try again in a minute."
+CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
 # Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
 TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/interactions/\d+/)[^/\s?'\"]+"))
 
@@ -82,8 +83,11 @@ class DiscordAdapter:
         self._closing = True
         if self._answering:
             _, late = await asyncio.wait(set(self._answering), timeout=self._config.close_grace_s)
-            if late:
-                log.warning("closing with %d answers still in progress", len(late))
+            if late:  # cut short while the client can still edit: each shows what arrived, without the cursor
+                log.warning("%d Discord answers cut short at shutdown", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=CUT_SHORT_S)
         await self._client.close()
 
     # -- startup -------------------------------------------------------------------------------------------------

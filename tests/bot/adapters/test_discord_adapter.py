@@ -8,6 +8,7 @@ Slash commands and context menus are in test_discord_commands.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 
@@ -237,6 +238,17 @@ async def test_close_lets_an_answer_in_progress_finish_and_takes_no_new_ones(bot
     assert [m.content for m in bot.chain(question["id"])] == ["Finished properly, every word of it."]
     assert bot.discord.replies_to(late["id"]) == [] and len(bot.generator.prompts) == 1
     assert Route.BASE == "https://discord.com/api/v10"  # the fake's address was for this run only
+
+
+async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cursor(bot: Bot) -> None:
+    bot.generator.answer, bot.generator.delay_s = " Half of this answer arrives before the bot stops.", 0.01
+    bot.generator.hold = asyncio.Event()  # never set: the model is still busy when the grace runs out
+    question = await bot.mention("Answer before you go")
+    await wait_until(lambda: any(m.content.endswith("…") for m in bot.chain(question["id"])), "the answer to start")
+    bot.adapter._config = dataclasses.replace(bot.adapter._config, close_grace_s=0.2)
+    await asyncio.wait_for(bot.adapter.close(), 20)
+    [reply] = bot.chain(question["id"])
+    assert reply.content and not reply.content.endswith("…")  # what arrived, shown as it ended
 
 
 async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
