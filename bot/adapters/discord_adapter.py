@@ -115,21 +115,28 @@ class DiscordAdapter:
 
     async def _on_message(self, message: discord.Message) -> None:
         me = self._client.user
-        if message.author.bot or me is None or self._closing:
+        if message.author.bot or me is None:
             return  # other bots (and our own replies) would answer each other forever
         is_dm = message.guild is None
         if not is_dm and me not in message.mentions:
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread-created notices
+        if self._closing:  # not answered here; say so rather than leave the question hanging
+            with contextlib.suppress(discord.HTTPException):
+                await message.reply(RESTARTING, allowed_mentions=NO_MENTIONS)
+            return
         with self._answer_in_progress():  # from here on, before any await: `close` waits for this answer
             text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
             command, args = parse_command(text)
             transcript = None
             if command == "summarize":
                 transcript = await _transcript(message.channel, _count(args), before=message)
+            channel = message.channel
+            if message.guild is not None and isinstance(channel, discord.PartialMessageable):
+                channel = await self._fetch_channel(channel.id) or channel  # an uncached thread: find its parent
             incoming = self._incoming(
-                message.channel, message.guild, message.author, command, args, str(message.id), transcript
+                channel, message.guild, message.author, command, args, str(message.id), transcript
             )
             reply = SinkReply(ChannelSink(message), self._config.edit_interval_s)
             async with _typing(message.channel):
@@ -170,10 +177,8 @@ class DiscordAdapter:
     # -- what happened on Discord's side -------------------------------------------------------------------------
 
     async def _on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
-        channel = self._client.get_channel(event.channel_id)
-        if channel is None:  # an uncached thread or DM: ask which channel (or whose DM) it is
-            with contextlib.suppress(discord.HTTPException):
-                channel = await self._client.fetch_channel(event.channel_id)
+        # An uncached thread or DM: ask which channel (or whose DM) it is.
+        channel = self._client.get_channel(event.channel_id) or await self._fetch_channel(event.channel_id)
         if event.guild_id is not None:
             tenant = str(event.guild_id)
             where = channel.parent_id if isinstance(channel, discord.Thread) else event.channel_id
@@ -183,6 +188,13 @@ class DiscordAdapter:
             log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
             return
         await self._manager.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
+
+    async def _fetch_channel(self, channel_id: int) -> object | None:
+        try:
+            return await self._client.fetch_channel(channel_id)
+        except discord.HTTPException as e:  # no access any more, or Discord is down: file it as best we can
+            log.warning("could not look up Discord channel %s: %s", channel_id, e)
+            return None
 
     async def _on_guild_remove(self, guild: discord.Guild) -> None:
         deleted = await self._manager.tenant_removed(PLATFORM, str(guild.id), "guild removed")

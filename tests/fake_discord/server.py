@@ -232,7 +232,9 @@ class FakeDiscord:
     def _get_channel(self, _body: Any, _query: Any, channel_id: str) -> Json:
         if channel_id == p.DM_CHANNEL_ID:
             return p.dm_channel(p.ALICE)
-        return p.thread(channel_id) if channel_id == p.THREAD_ID else p.text_channel(channel_id)
+        if channel_id in (p.THREAD_ID, p.UNCACHED_THREAD_ID):
+            return p.thread(channel_id)
+        return p.text_channel(channel_id)
 
     def _get_history(self, _body: Any, query: Any, channel_id: str) -> list[Json]:
         """Newest first, like Discord; ``before`` and ``limit`` honoured."""

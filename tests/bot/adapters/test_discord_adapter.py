@@ -16,7 +16,7 @@ import discord
 import pytest
 from discord.http import Route
 
-from bot.adapters.discord_adapter import MESSAGE_LIMIT, DiscordAdapter, DiscordConfig
+from bot.adapters.discord_adapter import MESSAGE_LIMIT, RESTARTING, DiscordAdapter, DiscordConfig
 from bot.adapters.redaction import REDACTED
 from storage.records import ConversationKey, Role, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
@@ -85,6 +85,16 @@ async def test_a_thread_is_a_conversation_of_its_own(bot: Bot) -> None:
     await bot.answered(question, "The answer is 4.")
     await bot.history_becomes(THREAD, ["In a thread", "The answer is 4."])
     assert await bot.store.recent_history(GUILD_CHANNEL) == []
+
+
+async def test_a_thread_the_client_never_cached_is_filed_under_its_parent_and_its_deletions_found(bot: Bot) -> None:
+    question = await bot.mention("In an old thread", channel=p.UNCACHED_THREAD_ID)
+    await bot.answered(question, "The answer is 4.")
+    old_thread = ConversationKey("discord", p.GUILD_ID, p.CHANNEL_ID, p.UNCACHED_THREAD_ID)
+    await bot.history_becomes(old_thread, ["In an old thread", "The answer is 4."])
+    deleted = {"id": question["id"], "channel_id": p.UNCACHED_THREAD_ID, "guild_id": p.GUILD_ID}
+    await bot.discord.dispatch("MESSAGE_DELETE", deleted)
+    await bot.history_becomes(old_thread, ["The answer is 4."])
 
 
 async def test_a_long_answer_arrives_as_ordered_chunks_with_balanced_code_fences(bot: Bot) -> None:
@@ -229,14 +239,14 @@ async def test_close_lets_an_answer_in_progress_finish_and_takes_no_new_ones(bot
     await wait_until(lambda: bot.chain(question["id"]), "the answer to start")
     closing = asyncio.create_task(bot.adapter.close())
     late = await bot.mention("too late")
-    client = bot.adapter._client  # the client has cached the late message: its handler has run
-    await wait_until(lambda: any(str(m.id) == late["id"] for m in client.cached_messages), "the late message")
+    await wait_until(lambda: bot.discord.replies_to(late["id"]), "the late message to be told")
     assert not closing.done()
     bot.generator.hold.set()
     await asyncio.wait_for(closing, 20)
     await asyncio.wait_for(bot.task, 20)
     assert [m.content for m in bot.chain(question["id"])] == ["Finished properly, every word of it."]
-    assert bot.discord.replies_to(late["id"]) == [] and len(bot.generator.prompts) == 1
+    assert [m.content for m in bot.discord.replies_to(late["id"])] == [RESTARTING]  # told, not answered
+    assert len(bot.generator.prompts) == 1
     assert Route.BASE == "https://discord.com/api/v10"  # the fake's address was for this run only
 
 
