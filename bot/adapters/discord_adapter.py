@@ -25,7 +25,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from bot.adapters.base import Incoming, TranscriptLine, parse_command
-from bot.adapters.redaction import install_redaction
+from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.splitting import split_message
 from bot.adapters.streaming import MessageSink, StreamedMessages
 from bot.conversation import ConversationManager
@@ -62,7 +62,7 @@ class DiscordAdapter:
         self._owner_ids: frozenset[int] = frozenset()
         self._closing = False
         self._answering: set[asyncio.Task[object]] = set()
-        install_redaction("discord", [config.token], TOKEN_PATHS)
+        install_redaction("discord", SecretRedactingFilter([config.token], TOKEN_PATHS))
         self._client = discord.Client(intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
         # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.

@@ -57,19 +57,15 @@ class SecretRedactingFilter(logging.Filter):
         return True
 
 
-def install_redaction(
-    prefix: str, secrets: Iterable[str | None] = (), patterns: Iterable[re.Pattern[str]] = ()
-) -> SecretRedactingFilter:
-    """Attach one filter to the logger ``prefix`` and every logger below it that exists now.
+def install_redaction(prefix: str, redactor: SecretRedactingFilter) -> None:
+    """Attach ``redactor`` to the logger ``prefix`` and every logger below it that exists now.
 
     A logger's filters run only for records created on that logger, not for records its children propagate, so
     each module logger of the SDK needs its own; the SDK's modules are imported (their loggers made) before this
-    runs. Installing again replaces the previous filter, so secrets do not pile up across restarts."""
-    redactor = SecretRedactingFilter(secrets, patterns)
+    runs. Installing again replaces the previous redactor, so secrets do not pile up across restarts."""
     names = [prefix] + [name for name in logging.Logger.manager.loggerDict if name.startswith(prefix + ".")]
     for name in names:
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, SecretRedactingFilter)]:
             logger.removeFilter(old)
         logger.addFilter(redactor)
-    return redactor

@@ -32,6 +32,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.base import Incoming, parse_command
+from bot.adapters.redaction import install_redaction
 from bot.adapters.slack_commands import SlackCommands
 from bot.adapters.slack_reply import ChannelSink, SlackReply
 from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
@@ -99,6 +100,8 @@ class SlackAdapter:
         self._manager = manager
         self._config = config
         SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
+        for sdk in ("slack_sdk", "slack_bolt"):  # their own module loggers too: the webhook client behind
+            install_redaction(sdk, SECRETS)  # `respond` logs each response_url at DEBUG
         # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself.
         self.client = AsyncWebClient(
             token=config.bot_token,

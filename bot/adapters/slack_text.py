@@ -30,6 +30,8 @@ _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 # Bot, user and app-level tokens. Every request body also carries Slack's legacy verification token as a "token"
 # field, which the shared filter scrubs in JSON and in forms.
 SLACK_TOKEN = re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+")
+# A command's response_url lets anyone post into its channel for half an hour: as good as a token while it lives.
+RESPONSE_URL = re.compile(r"(https://hooks\.slack\.com/)[^\s'\",]+")
 
 
 def escape(text: str) -> str:
@@ -64,4 +66,4 @@ def plain(text: str, *, bot_user_id: str | None = None) -> str:
 
 # One filter for the process: Bolt copies a base logger's filters into its own loggers once, when they are made,
 # so the set of secrets must be shared and grow as adapters are created.
-SECRETS = SecretRedactingFilter(patterns=[SLACK_TOKEN])
+SECRETS = SecretRedactingFilter(patterns=[SLACK_TOKEN, RESPONSE_URL])

@@ -33,8 +33,8 @@ def test_tokens_are_redacted(message: str, expected: str) -> None:
 
 def test_installed_on_every_logger_of_the_sdk_with_arguments_formatted(caplog: pytest.LogCaptureFixture) -> None:
     child = logging.getLogger("fakesdk.http")  # exists before installing, as an imported SDK's loggers do
-    install_redaction("fakesdk", [TOKEN], TOKEN_PATHS)
-    install_redaction("fakesdk", [TOKEN], TOKEN_PATHS)  # again (a restart): one filter, not two
+    install_redaction("fakesdk", SecretRedactingFilter([TOKEN], TOKEN_PATHS))
+    install_redaction("fakesdk", SecretRedactingFilter([TOKEN], TOKEN_PATHS))  # again (a restart): one filter, not two
     with caplog.at_level(logging.DEBUG):
         child.debug("%s %s returned %d", "POST", "/interactions/1/secret-token/callback", 204)
         logging.getLogger("fakesdk").warning("token is %s", TOKEN)

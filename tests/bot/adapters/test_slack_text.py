@@ -8,7 +8,10 @@ import sys
 import pytest
 
 from bot.adapters.redaction import REDACTED, SecretRedactingFilter
-from bot.adapters.slack_text import SLACK_TOKEN, escape, plain
+from bot.adapters.slack_text import SECRETS, SLACK_TOKEN, escape, plain
+from tests.fake_slack import fixtures
+
+generator, manager, checkpoints = fixtures.generator, fixtures.manager, fixtures.checkpoints
 
 
 @pytest.mark.parametrize(
@@ -52,3 +55,17 @@ def test_redaction_also_scrubs_tracebacks() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     redactor.filter(record)
     assert "hunter2" not in logging.Formatter().format(record)
+
+
+def test_response_urls_are_redacted_on_every_slack_sdk_logger_once_an_adapter_exists(manager) -> None:
+    from bot.adapters.slack_adapter import SlackAdapter, SlackConfig
+
+    SlackAdapter(manager, SlackConfig(bot_token="xoxb-test", signing_secret="shh"))
+    webhook_log = logging.getLogger("slack_sdk.webhook.async_client")  # what Bolt's `respond` sends through
+    assert SECRETS in webhook_log.filters
+    record = logging.LogRecord(
+        webhook_log.name, logging.DEBUG, __file__, 1, "Sending a request - url: %s, body: %s",
+        ("https://hooks.slack.com/commands/T1/123/abcDEF", '{"text": "hi"}'), None,
+    )  # fmt: skip
+    SECRETS.filter(record)
+    assert record.getMessage() == f'Sending a request - url: https://hooks.slack.com/{REDACTED}, body: {{"text": "hi"}}'
