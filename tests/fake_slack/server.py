@@ -49,6 +49,7 @@ class FakeSlack:
         self.acks: dict[str, float] = {}  # envelope id -> when it was acknowledged
         self.sent: dict[str, float] = {}  # envelope id -> when it was sent
         self.ack_payloads: dict[str, Any] = {}
+        self.handshake_delay_s = 0.0  # a slow WebSocket handshake: a window to act while the client connects
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -151,6 +152,7 @@ class FakeSlack:
     # -- Socket Mode -----------------------------------------------------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        await asyncio.sleep(self.handshake_delay_s)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.sockets.append(ws)

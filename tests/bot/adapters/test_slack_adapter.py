@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.adapters.slack_adapter import SlackAdapter
 from storage.records import ConversationKey, Role, dm_channel
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import TOKENIZER, running, socket_config
@@ -180,3 +181,22 @@ async def test_a_redelivered_mention_carrying_a_command_is_answered_once(fake_sl
         await fake_slack.send("events_api", event_callback(mention("marker", marker_ts)))
         await eventually(lambda: fake_slack.thread("C1", marker_ts) == ["The answer is 4."], what="the marker")
     assert len(fake_slack.thread("C1", TS)) == 1 and fake_slack.thread("C1", TS)[0].startswith("Model:")
+
+
+async def test_closing_during_start_up_leaves_no_connection_open(fake_slack, manager) -> None:
+    """A signal can arrive while the adapter is still connecting: whenever close() comes, run() ends and no Socket
+    Mode connection stays open behind it."""
+    stages = [
+        lambda: True,  # at once: still checking the token
+        lambda: any(c.method == "auth.test" for c in fake_slack.calls),
+        lambda: any(c.method == "apps.connections.open" for c in fake_slack.calls),
+    ]
+    fake_slack.handshake_delay_s = 0.5  # the last stage closes while the WebSocket handshake is under way
+    for stage in stages:
+        fake_slack.calls.clear()
+        adapter = SlackAdapter(manager, socket_config(fake_slack))
+        task = asyncio.create_task(adapter.run())
+        await eventually(stage, what="the start-up stage")
+        await asyncio.wait_for(adapter.close(), 15)
+        await asyncio.wait_for(task, 15)
+        await eventually(lambda: all(ws.closed for ws in fake_slack.sockets), what="every connection to close")
