@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters.base import Incoming, Reply
+from bot.adapters.base import SUMMARIZE_MAX, Incoming, Reply, summarize_count
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig, SettingError, describe, parse_setting
 from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
@@ -160,10 +160,13 @@ class ConversationManager:
     async def _summarize(self, incoming: Incoming, reply: Reply) -> None:
         count = self._config.summarize_default
         if incoming.text.strip():
-            if not incoming.text.strip().isdigit() or not 1 <= int(incoming.text) <= 500:
-                await reply.send("Usage: summarize [count], where count is a number of messages from 1 to 500.")
+            typed = summarize_count(incoming.text)
+            if typed is None:
+                await reply.send(
+                    f"Usage: summarize [count], where count is a number of messages from 1 to {SUMMARIZE_MAX}."
+                )
                 return
-            count = int(incoming.text)
+            count = typed
         if incoming.transcript is not None:
             lines = [f"{line.author}: {line.text}" for line in incoming.transcript][-count:]
         else:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # Commands the core understands; platforms map their slash commands and shortcuts onto these.
 COMMANDS = ("chat", "summarize", "translate", "model", "forget", "reload", "settings", "help")
+SUMMARIZE_MAX = 500  # messages a summary may read; adapters fetch no more than this from a platform
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class Reply(Protocol):
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
         """Show text as it arrives (edit a message, print to a terminal); return the text shown."""
+
+
+def summarize_count(text: str) -> int | None:
+    """The message count typed after ``summarize`` if it is a valid one (1 to SUMMARIZE_MAX), else None."""
+    stripped = text.strip()
+    return int(stripped) if stripped.isdigit() and 1 <= int(stripped) <= SUMMARIZE_MAX else None
 
 
 def parse_command(text: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.adapters.base import Incoming, TranscriptLine, parse_command
+from bot.adapters.base import SUMMARIZE_MAX, Incoming, TranscriptLine, parse_command, summarize_count
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.splitting import split_message
 from bot.adapters.streaming import MessageSink, StreamedMessages
@@ -131,7 +131,7 @@ class DiscordAdapter:
             command, args = parse_command(text)
             transcript = None
             if command == "summarize":
-                transcript = await _transcript(message.channel, _count(args), before=message)
+                transcript = await _transcript(message.channel, summarize_count(args), before=message)
             channel = message.channel
             if message.guild is not None and isinstance(channel, discord.PartialMessageable):
                 channel = await self._fetch_channel(channel.id) or channel  # an uncached thread: find its parent
@@ -239,8 +239,10 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
     """The slash commands and context menus, as thin calls into `DiscordAdapter.command`."""
 
     @app_commands.command(name="summarize", description="Summarize this channel's or thread's recent messages")
-    @app_commands.describe(count="How many recent messages to read (1-500)")
-    async def summarize(interaction: discord.Interaction, count: app_commands.Range[int, 1, 500] | None = None):
+    @app_commands.describe(count=f"How many recent messages to read (1-{SUMMARIZE_MAX})")
+    async def summarize(
+        interaction: discord.Interaction, count: app_commands.Range[int, 1, SUMMARIZE_MAX] | None = None
+    ):
         await adapter.command(
             interaction, "summarize", str(count or ""), transcript_of=interaction.channel, count=count
         )
@@ -404,10 +406,6 @@ async def _transcript(
 
 def _after(message: discord.Message) -> discord.Object:  # a `before` bound that includes the message itself
     return discord.Object(id=message.id + 1)
-
-
-def _count(args: str) -> int | None:  # a valid count typed after a mention; the core refuses the rest
-    return int(args) if args.strip().isdigit() and 1 <= int(args) <= 500 else None
 
 
 def _language(locale: discord.Locale) -> str:

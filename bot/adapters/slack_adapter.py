@@ -31,7 +31,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import Incoming, parse_command
+from bot.adapters.base import Incoming, parse_command, summarize_count
 from bot.adapters.redaction import install_redaction
 from bot.adapters.slack_commands import SlackCommands
 from bot.adapters.slack_reply import ChannelSink, SlackReply
@@ -248,7 +248,7 @@ class SlackAdapter:
         reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
-            limit = int(text) if text.strip().isdigit() else self._config.summarize_fetch
+            limit = summarize_count(text) or self._config.summarize_fetch
             transcript = await self._commands.read(reply, channel, event.get("thread_ts"), limit)
             if transcript is None:
                 return

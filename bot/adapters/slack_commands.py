@@ -18,7 +18,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import Incoming, TranscriptLine
+from bot.adapters.base import Incoming, TranscriptLine, summarize_count
 from bot.adapters.slack_reply import (
     ChannelSink,
     Ephemeral,
@@ -81,8 +81,8 @@ class SlackCommands:
         text = str(command.get("text") or "").strip()
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
         transcript = None
-        if name == "summarize" and (not text or (text.isdigit() and 1 <= int(text) <= 500)):
-            transcript = await self.read(reply, channel, None, int(text) if text else self._config.summarize_fetch)
+        if name == "summarize" and (not text or summarize_count(text)):  # a bad count: the core says how
+            transcript = await self.read(reply, channel, None, summarize_count(text) or self._config.summarize_fetch)
             if transcript is None:
                 return
         incoming = Incoming(

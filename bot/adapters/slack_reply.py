@@ -9,7 +9,6 @@ the wait happens in exactly one place.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack_text import MESSAGE_LIMIT, POST_OPTIONS, escape, escape_stream
 from bot.adapters.splitting import split_message
-from bot.adapters.streaming import EMPTY_ANSWER, RateLimited, StreamedMessages
+from bot.adapters.streaming import EMPTY_ANSWER, RateLimited, StreamedMessages, until_accepted
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class SlackReply:
             if self._ephemeral is not None:
                 await self._ephemeral(chunk)
             else:
-                await _with_retries(lambda chunk=chunk: self._sink.post(chunk))
+                await until_accepted(lambda chunk=chunk: self._sink.post(chunk), "post", attempts=SEND_ATTEMPTS)
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
         raw: list[str] = []
@@ -122,18 +121,6 @@ class SlackReply:
         return "".join(raw)
 
 
-async def _with_retries(post: Callable[[], Awaitable[Any]]) -> None:
-    for attempt in range(1, SEND_ATTEMPTS + 1):
-        try:
-            await post()
-            return
-        except RateLimited as e:
-            if attempt == SEND_ATTEMPTS:
-                raise
-            log.info("post rate-limited; retrying in %.2f s", e.retry_after)
-            await asyncio.sleep(e.retry_after)
-
-
 def response_url_sender(respond: Callable[..., Awaitable[Any]]) -> Ephemeral:
     """Ephemeral notices through Bolt's `respond` (the request's response_url: valid 30 min, 5 messages)."""
 
@@ -149,10 +136,12 @@ def post_ephemeral_sender(client: AsyncWebClient, channel: str, user: str, threa
     """Ephemeral notices through chat.postEphemeral, for requests that came without a response_url."""
 
     async def send(text: str) -> None:
-        await _with_retries(
+        await until_accepted(
             lambda: calling(
                 client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts, **POST_OPTIONS)
-            )
+            ),
+            "ephemeral post",
+            attempts=SEND_ATTEMPTS,
         )
 
     return send

@@ -115,19 +115,7 @@ class StreamedMessages(Generic[H]):
         await self._accepted(lambda: self._sync(shown, ""), "final edit", wait=self._next_sync - self._clock())
 
     async def _accepted(self, call: Callable[[], Awaitable[T]], what: str, *, wait: float = 0.0) -> T:
-        """``call()`` after ``wait`` seconds, repeated after each 429 (a refused call changed nothing, so repeating
-        it cannot show anything twice); after FINAL_ATTEMPTS refusals the last 429 reaches the caller."""
-        for attempt in range(1, FINAL_ATTEMPTS + 1):
-            if wait > 0:
-                await self._sleep(wait)
-            try:
-                return await call()
-            except RateLimited as e:
-                if attempt == FINAL_ATTEMPTS:
-                    raise
-                wait = e.retry_after
-                log.info("%s rate-limited; retrying in %.2f s", what, wait)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        return await until_accepted(call, what, attempts=FINAL_ATTEMPTS, wait=wait, sleep=self._sleep)
 
     async def _sync(self, text: str, cursor: str) -> None:
         """Post or edit so the messages show ``text`` (plus ``cursor`` on the last). Each message already showing
@@ -141,3 +129,27 @@ class StreamedMessages(Generic[H]):
                     self._posted[i].text = shown
             else:
                 self._posted.append(_Posted(await self._sink.post(shown), shown))
+
+
+async def until_accepted(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    attempts: int = FINAL_ATTEMPTS,
+    wait: float = 0.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """``call()`` after ``wait`` seconds, repeated after each 429 as long as the platform asks (a refused call
+    changed nothing, so repeating it cannot show anything twice); after ``attempts`` refusals the last 429 reaches
+    the caller."""
+    for attempt in range(1, attempts + 1):
+        if wait > 0:
+            await sleep(wait)
+        try:
+            return await call()
+        except RateLimited as e:
+            if attempt == attempts:
+                raise
+            wait = e.retry_after
+            log.info("%s rate-limited; retrying in %.2f s", what, wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -1,0 +1,21 @@
+"""What every adapter shares with the core: typed commands and the summary count they may fetch."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.adapters.base import SUMMARIZE_MAX, parse_command, summarize_count
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [("/summarize 20", ("summarize", "20")), ("/Translate German Hi", ("translate", "German Hi")),
+     ("/unknown x", ("chat", "/unknown x")), ("hello /model", ("chat", "hello /model"))],
+)  # fmt: skip
+def test_a_leading_slash_names_a_command_only_when_the_core_knows_it(typed: str, expected: tuple[str, str]) -> None:
+    assert parse_command(typed) == expected
+
+
+def test_a_summary_count_is_a_whole_number_within_the_limit_adapters_fetch() -> None:
+    assert [summarize_count(t) for t in ("1", " 20 ", str(SUMMARIZE_MAX))] == [1, 20, SUMMARIZE_MAX]
+    assert [summarize_count(t) for t in ("", "0", "-3", "2.5", "lots", str(SUMMARIZE_MAX + 1), "100000")] == [None] * 7
