@@ -22,7 +22,7 @@ from bot.channel_settings import ChannelConfig
 from bot.checkpoint_names import list_checkpoints
 from bot.conversation import ConversationManager, ManagerConfig
 from bot.inference import LocalGenerator, ReloadFailed
-from bot.jobs import CheckpointWatcher, build_scheduler
+from bot.jobs import CheckpointWatcher, build_jobs
 from bot.ratelimit import RateLimiter
 from bot.settings import Settings
 from llm.checkpoints import load_checkpoint
@@ -159,10 +159,10 @@ async def run_service(
         watcher = None
         if settings.watch_checkpoints:
             watcher = CheckpointWatcher(settings.checkpoints_dir, _watch_reload(manager), path)
-        scheduler = build_scheduler(
+        jobs = build_jobs(
             store, retention_days=settings.retention_days, watcher=watcher, watch_interval_s=settings.watch_interval_s
         )
-        scheduler.start()
+        jobs.start()
         try:
             adapters = build_adapters(manager, settings, factories)
             if not adapters:
@@ -172,7 +172,7 @@ async def run_service(
                 return 0
             return await serve_platforms(adapters)
         finally:
-            scheduler.shutdown(wait=False)
+            await jobs.stop(settings.shutdown_grace_s)  # before the generator and the store they use go away
             await generator.close(settings.shutdown_grace_s)
 
 

@@ -2,7 +2,8 @@
 
 Each job is a plain async function (tested without a scheduler); the scheduler only times them. No job overlaps
 itself (max_instances=1) and missed runs collapse into one (coalesce), so a slow reload is never started twice.
-A job's failure is logged and the next run tries again: jobs are an error boundary like messages.
+A job's failure is logged and the next run tries again: jobs are an error boundary like messages. Stopping
+waits for the runs in flight (see ``Jobs``), so nothing runs against a closed store.
 """
 
 from __future__ import annotations
@@ -70,27 +71,66 @@ def _signature(path: Path) -> tuple[str, float, int]:
     return path.name, stat.st_mtime, stat.st_size
 
 
-def build_scheduler(
+class Jobs:
+    """The scheduler plus the job runs it has in flight.
+
+    APScheduler's asyncio executor cancels a running job on shutdown but cannot await it, so the run would unwind
+    after the caller had closed the store, on a disposed engine, and could hang the process on its way out (CI saw
+    exactly that). ``stop`` therefore lets runs in flight finish within a grace period, then cancels and awaits the
+    rest; when it returns, no job touches the store or the generator again.
+    """
+
+    def __init__(self) -> None:
+        self.scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+        self._running: set[asyncio.Task[object]] = set()
+
+    def add(self, name: str, job: Callable[[], Awaitable[object]], trigger: str, **trigger_args: object) -> None:
+        self.scheduler.add_job(self._boundary(name, job), trigger, id=name, **trigger_args)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    async def stop(self, grace_s: float) -> None:
+        if not self.scheduler.running:
+            return
+        self.scheduler.pause()  # no new runs while the ones in flight finish
+        running = {task for task in self._running if not task.done()}
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self.scheduler.shutdown(wait=False)
+
+    def _boundary(self, name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """A job's failure is logged and the next run tries again: jobs are an error boundary like messages."""
+
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None  # the executor runs each job as its own task
+            self._running.add(task)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                log.warning("job %s was cut short by shutdown; it runs again at the next start", name)
+                raise
+            except Exception:
+                log.exception("job %s failed; it runs again at its next time", name)
+            finally:
+                self._running.discard(task)
+
+        return run
+
+
+def build_jobs(
     store: Store, *, retention_days: int, watcher: CheckpointWatcher | None, watch_interval_s: float
-) -> AsyncIOScheduler:
-    scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+) -> Jobs:
+    jobs = Jobs()
     if retention_days > 0:
-        scheduler.add_job(
-            _boundary("retention", lambda: apply_retention(store, retention_days)),
-            "interval", hours=6, next_run_time=datetime.now(UTC), id="retention",
-        )
+        jobs.add(
+            "retention", lambda: apply_retention(store, retention_days), "interval",
+            hours=6, next_run_time=datetime.now(UTC),
+        )  # fmt: skip
     if watcher is not None:
-        scheduler.add_job(
-            _boundary("checkpoint watch", watcher.check), "interval", seconds=watch_interval_s, id="checkpoint-watch"
-        )
-    return scheduler
-
-
-def _boundary(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        try:
-            await job()
-        except Exception:
-            log.exception("job %s failed; it runs again at its next time", name)
-
-    return run
+        jobs.add("checkpoint-watch", watcher.check, "interval", seconds=watch_interval_s)
+    return jobs

@@ -7,7 +7,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.jobs import CheckpointWatcher, apply_retention, build_scheduler
+import pytest
+
+from bot.jobs import CheckpointWatcher, Jobs, apply_retention, build_jobs
 from storage.records import ConversationKey
 from storage.store import Store
 
@@ -73,11 +75,11 @@ async def test_watch_does_not_retry_a_refused_file_until_it_changes(tmp_path: Pa
 async def test_scheduler_runs_retention_at_start_and_never_overlaps_a_job(store: Store, tmp_path: Path) -> None:
     old = datetime.now(UTC) - timedelta(days=100)
     await store.add_message(KEY, role="user", author_id="u", text="ancient", created_at=old)
-    scheduler = build_scheduler(store, retention_days=30, watcher=None, watch_interval_s=30)
-    assert {job.id for job in scheduler.get_jobs()} == {"retention"}
-    scheduler.start()
+    jobs = build_jobs(store, retention_days=30, watcher=None, watch_interval_s=30)
+    assert {job.id for job in jobs.scheduler.get_jobs()} == {"retention"}
+    jobs.start()
     try:
-        retention = scheduler.get_job("retention")
+        retention = jobs.scheduler.get_job("retention")
         assert retention.max_instances == 1 and retention.coalesce
         for _ in range(50):
             if not await store.recent_history(KEY):
@@ -85,4 +87,65 @@ async def test_scheduler_runs_retention_at_start_and_never_overlaps_a_job(store:
             await asyncio.sleep(0.05)
         assert await store.recent_history(KEY) == []
     finally:
-        scheduler.shutdown(wait=False)
+        await jobs.stop(grace_s=5)
+
+
+async def test_stopping_lets_a_run_in_flight_finish_within_the_grace_period() -> None:
+    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def job() -> None:
+        started.set()
+        await release.wait()
+        finished.set()
+
+    jobs = Jobs()
+    jobs.add("slow", job, "interval", hours=1, next_run_time=datetime.now(UTC))
+    jobs.start()
+    await asyncio.wait_for(started.wait(), 10)
+    asyncio.get_running_loop().call_later(0.05, release.set)
+    await asyncio.wait_for(jobs.stop(grace_s=10), 10)
+    assert finished.is_set() and not jobs.scheduler.running
+
+
+async def test_stopping_cancels_a_run_past_the_grace_period_and_returns_only_once_it_has_unwound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run left unwinding after stop() would touch the store after the service closed it."""
+    started, unwound = asyncio.Event(), asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # cleanup that itself awaits, like a rollback
+            unwound.set()
+
+    jobs = Jobs()
+    jobs.add("stuck", stuck, "interval", hours=1, next_run_time=datetime.now(UTC))
+    jobs.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(jobs.stop(grace_s=0.05), 10)
+    assert unwound.is_set()
+    assert "job stuck was cut short by shutdown" in caplog.text
+
+
+async def test_a_failing_job_is_logged_and_runs_again_next_time(caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[int] = []
+
+    async def failing() -> None:
+        runs.append(1)
+        raise RuntimeError("disk full")
+
+    jobs = Jobs()
+    jobs.add("flaky", failing, "interval", seconds=0.05, next_run_time=datetime.now(UTC))
+    jobs.start()
+    try:
+        for _ in range(100):
+            if len(runs) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await jobs.stop(grace_s=5)
+    assert len(runs) >= 2
+    assert "job flaky failed; it runs again at its next time" in caplog.text and "disk full" in caplog.text

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from bot import jobs
 from bot.app import StartupError, build_adapters, run_service, serve_platforms
 from bot.conversation import ConversationManager
 from bot.settings import Settings
@@ -84,11 +85,26 @@ def test_each_configured_platform_gets_an_adapter_and_a_missing_library_names_th
         build_adapters(None, settings, {"discord": missing, "slack": missing})  # type: ignore[arg-type]
 
 
-async def test_run_serves_the_configured_platforms_instead_of_the_terminal(tmp_path: Path) -> None:
+async def test_run_serves_the_configured_platforms_instead_of_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checkpoint = tmp_path / "tiny.safetensors"
     save_checkpoint(make_model(CONFIG, seed=1), checkpoint)
-    settings = settings_for(tmp_path, checkpoint=checkpoint, discord_token=SecretStr("token"), precision="fp32")
+    settings = settings_for(
+        tmp_path, checkpoint=checkpoint, discord_token=SecretStr("token"), precision="fp32", shutdown_grace_s=0.1
+    )
     adapter = FakeAdapter("discord")
+    retention_unwound = asyncio.Event()
+
+    async def slow_retention(store: object, days: int) -> None:
+        """Still running at shutdown, as on a loaded machine; it must be over before the store closes."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)
+            retention_unwound.set()
+
+    monkeypatch.setattr(jobs, "apply_retention", slow_retention)
 
     def factory(manager: ConversationManager, given: Settings) -> FakeAdapter:
         adapter.manager = manager
@@ -100,6 +116,8 @@ async def test_run_serves_the_configured_platforms_instead_of_the_terminal(tmp_p
     os.kill(os.getpid(), signal.SIGINT)
     assert await asyncio.wait_for(running, 60) == 0
     assert adapter.closed == 1
+    assert retention_unwound.is_set()
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running against the closed store
 
 
 async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> None:
