@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters.base import SUMMARIZE_MAX, Incoming, Reply, summarize_count
+from bot.adapters.base import SUMMARIZE_MAX, Incoming, Reply, summarize_count, translate_args
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig, SettingError, describe, parse_setting
 from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
@@ -35,8 +35,9 @@ TIMEOUT = "That took too long, so I stopped. Try a shorter question, or ask for 
 FAILED = "Sorry, something went wrong on my side. Your message is saved; please try again."
 NOT_ADMIN = "Sorry, only the bot's admins can do that: it changes the bot for everyone."
 HELP = (
-    "Mention me (or DM me) to chat. Commands: summarize [count], translate <language> <text>, model, forget"
-    " (deletes your stored messages); admins: reload [name], settings [key value]."
+    "Mention me (or DM me) to chat. Commands: summarize [count], translate <language> <text> (quote a language of"
+    ' several words: "Brazilian Portuguese"), model, forget (deletes your stored messages); admins: reload [name],'
+    " settings [key value]."
 )
 SUMMARIZE_INSTRUCTION = "Summarize the following conversation in a few sentences."
 # Below this many characters a prompt renders in well under a millisecond: a thread hop would cost more.
@@ -194,14 +195,18 @@ class ConversationManager:
         return "\n".join(reversed(kept))
 
     async def _translate(self, incoming: Incoming, reply: Reply) -> None:
-        language, _, text = incoming.text.strip().partition(" ")
-        if not language or not text.strip():
-            await reply.send("Usage: translate <language> <text>, for example: translate German Good morning!")
+        parsed = translate_args(incoming.text)
+        if parsed is None:
+            await reply.send(
+                "Usage: translate <language> <text>, for example: translate German Good morning! "
+                'Quote a language of several words: translate "Brazilian Portuguese" Good morning!'
+            )
             return
+        language, text = parsed
         if not await self._allowed(incoming, reply):
             return
         config = await self._channel_config(incoming)
-        prompt = await self._render(f"Translate the following text into {language}.", config, [], text.strip())
+        prompt = await self._render(f"Translate the following text into {language}.", config, [], text)
         await self._generate(prompt, config, reply)
 
     # -- information and privacy ---------------------------------------------------------------------------------

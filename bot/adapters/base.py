@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 # Commands the core understands; platforms map their slash commands and shortcuts onto these.
 COMMANDS = ("chat", "summarize", "translate", "model", "forget", "reload", "settings", "help")
 SUMMARIZE_MAX = 500  # messages a summary may read; adapters fetch no more than this from a platform
+QUOTES = {'"': '"', "“": "”"}  # phones type curly quotes
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,26 @@ def summarize_count(text: str) -> int | None:
     """The message count typed after ``summarize`` if it is a valid one (1 to SUMMARIZE_MAX), else None."""
     stripped = text.strip()
     return int(stripped) if stripped.isdigit() and 1 <= int(stripped) <= SUMMARIZE_MAX else None
+
+
+def translate_args(text: str) -> tuple[str, str] | None:
+    """``<language> <text>`` -> (language, text), or None when either is missing. A language of several words is
+    quoted (``"Brazilian Portuguese" Bom dia``); unquoted, the language is the first word."""
+    stripped = text.strip()
+    if stripped[:1] in QUOTES:
+        language, closed, rest = stripped[1:].partition(QUOTES[stripped[0]])
+        if not closed:
+            return None
+    else:
+        language, _, rest = stripped.partition(" ")
+    language, rest = " ".join(language.split()), rest.strip()
+    return (language, rest) if language and rest else None
+
+
+def quote_language(language: str) -> str:
+    """The ``translate_args`` form of a language picked in a platform's own form field."""
+    words = " ".join(language.replace('"', " ").split())
+    return f'"{words}"' if " " in words else words
 
 
 def parse_command(text: str) -> tuple[str, str]:

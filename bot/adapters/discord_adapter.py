@@ -24,7 +24,14 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.adapters.base import SUMMARIZE_MAX, Incoming, TranscriptLine, parse_command, summarize_count
+from bot.adapters.base import (
+    SUMMARIZE_MAX,
+    Incoming,
+    TranscriptLine,
+    parse_command,
+    quote_language,
+    summarize_count,
+)
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.splitting import split_message
 from bot.adapters.streaming import MessageSink, StreamedMessages
@@ -250,8 +257,7 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
     @app_commands.command(name="translate", description="Translate text into another language")
     @app_commands.describe(language="Into which language, e.g. German", text="The text to translate")
     async def translate(interaction: discord.Interaction, language: str, text: str):
-        # The core reads the language as one word: "Brazilian Portuguese" travels as "Brazilian-Portuguese".
-        await adapter.command(interaction, "translate", f"{'-'.join(language.split())} {text}")
+        await adapter.command(interaction, "translate", f"{quote_language(language)} {text}")
 
     @app_commands.command(name="model", description="Which model answers, and how busy it is")
     async def model(interaction: discord.Interaction):

@@ -18,7 +18,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import Incoming, TranscriptLine, summarize_count
+from bot.adapters.base import Incoming, TranscriptLine, quote_language, summarize_count
 from bot.adapters.slack_reply import (
     ChannelSink,
     Ephemeral,
@@ -102,7 +102,7 @@ class SlackCommands:
             if transcript is None:
                 return
         else:
-            text = f"{self._config.translate_language} {plain(str(message.get('text') or ''))}"
+            text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
         incoming = Incoming(
             platform="slack", tenant=team, channel=_conversation_channel(channel, user), author_id=user, text=text,
             command=command, thread=root, is_dm=channel.startswith("D"), transcript=transcript,

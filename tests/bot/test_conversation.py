@@ -142,6 +142,15 @@ async def test_translate_puts_the_text_in_the_input(manager, generator) -> None:
     assert "Usage: translate" in (await ask(manager, replace(MSG, command="translate", text="German"))).sent[0]
 
 
+async def test_translate_takes_a_quoted_language_of_several_words(manager, generator) -> None:
+    await ask(manager, replace(MSG, command="translate", text='"Brazilian Portuguese" Good morning'))
+    assert TOKENIZER.decode(generator.prompts[-1]) == render_prompt(
+        "Translate the following text into Brazilian Portuguese.", "Good morning"
+    )
+    unclosed = await ask(manager, replace(MSG, command="translate", text='"Brazilian Portuguese Good morning'))
+    assert 'Quote a language of several words: translate "Brazilian Portuguese"' in unclosed.sent[0]
+
+
 async def test_model_reports_checkpoint_and_load(manager) -> None:
     text = (await ask(manager, replace(MSG, command="model"))).sent[0]
     assert "fake.safetensors" in text and SHA[:12] in text and "1,234 parameters" in text

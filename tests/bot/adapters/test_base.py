@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.adapters.base import SUMMARIZE_MAX, parse_command, summarize_count
+from bot.adapters.base import SUMMARIZE_MAX, parse_command, quote_language, summarize_count, translate_args
 
 
 @pytest.mark.parametrize(
@@ -19,3 +19,25 @@ def test_a_leading_slash_names_a_command_only_when_the_core_knows_it(typed: str,
 def test_a_summary_count_is_a_whole_number_within_the_limit_adapters_fetch() -> None:
     assert [summarize_count(t) for t in ("1", " 20 ", str(SUMMARIZE_MAX))] == [1, 20, SUMMARIZE_MAX]
     assert [summarize_count(t) for t in ("", "0", "-3", "2.5", "lots", str(SUMMARIZE_MAX + 1), "100000")] == [None] * 7
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [("German Good morning!", ("German", "Good morning!")),
+     ('"Brazilian Portuguese" Good morning', ("Brazilian Portuguese", "Good morning")),
+     ("“Swiss  German” Grüezi", ("Swiss German", "Grüezi")),
+     ('  French   "quoted" text ', ("French", '"quoted" text')),
+     ("German", None), ("", None), ('"Brazilian Portuguese"', None), ('"Brazilian Portuguese Good morning', None),
+     ('"" Hello', None)],
+)  # fmt: skip
+def test_translate_reads_a_language_then_the_text_and_a_quoted_language_may_have_several_words(
+    typed: str, expected: tuple[str, str] | None
+) -> None:
+    assert translate_args(typed) == expected
+
+
+def test_a_language_picked_in_a_form_field_travels_in_the_form_translate_reads() -> None:
+    for language in ("German", "Brazilian Portuguese", ' Swiss  "German" '):
+        assert translate_args(f"{quote_language(language)} Hello there") == (
+            " ".join(language.replace('"', " ").split()), "Hello there"
+        )

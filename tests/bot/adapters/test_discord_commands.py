@@ -58,7 +58,7 @@ async def test_each_slash_command_defers_then_answers_in_the_deferred_response(b
         (p.slash("summarize", count=2), lambda prompt: "Alice: second thoughts\nAlice: third time lucky" in prompt
          and "first words" not in prompt),
         (p.slash("translate", language="Brazilian Portuguese", text="Good morning"),
-         lambda prompt: "into Brazilian-Portuguese." in prompt and "Good morning" in prompt),
+         lambda prompt: "into Brazilian Portuguese." in prompt and "Good morning" in prompt),
         (p.slash("model"), None),
         (p.slash("forget"), None),
     ]
