@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,14 +28,16 @@ from pydantic import SecretStr
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.base import Incoming, parse_command, summarize_count
 from bot.adapters.redaction import install_redaction
-from bot.adapters.slack_commands import SlackCommands
-from bot.adapters.slack_reply import ChannelSink, SlackReply
+from bot.adapters.slack_commands import COMMANDS, SUMMARIZE_SHORTCUT, TRANSLATE_SHORTCUT, SlackCommands
+from bot.adapters.slack_reply import ChannelSink, SlackRefusedError, SlackReply
 from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
+from bot.adapters.streaming import RateLimited
 from bot.conversation import ConversationManager
 from bot.settings import Settings
 from storage.records import dm_channel
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 # Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
 SDK_LOG = logging.getLogger(f"{__name__}.sdk")
 SDK_LOG.addFilter(SECRETS)
+# Slack's Retry-After is whole seconds; when a 429 comes without one, wait this long.
+DEFAULT_RETRY_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class SlackAdapter:
             ignoring_self_events_enabled=True,  # our own posts never come back as questions
             process_before_response=False,  # listeners ack and hand work to our own tasks either way
         )
-        self._commands = SlackCommands(manager, self.client, config, self._spawn)
+        self.api = SdkWebApi(self.client)
+        self._commands = SlackCommands(manager, self.api, config, self._spawn)
         self._register()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
@@ -133,7 +138,10 @@ class SlackAdapter:
         self.app.event("message")(self._on_message)
         self.app.event("app_uninstalled")(self._on_uninstalled)
         self.app.event("tokens_revoked")(self._on_tokens_revoked)
-        self._commands.register(self.app)
+        for name in COMMANDS:
+            self.app.command(f"/{name}")(self._commands.on_command)
+        self.app.shortcut(SUMMARIZE_SHORTCUT)(self._commands.on_summarize_thread)
+        self.app.shortcut(TRANSLATE_SHORTCUT)(self._commands.on_translate_message)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class SlackAdapter:
             reply_thread = thread or None
         else:
             thread = reply_thread = str(event.get("thread_ts") or event["ts"])
-        sink = ChannelSink(self.client, channel, reply_thread)
+        sink = ChannelSink(self.api, channel, reply_thread)
         reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
@@ -284,6 +292,35 @@ class SlackAdapter:
     async def _purge(self, team: str, reason: str) -> None:
         deleted = await self._manager.tenant_removed("slack", team, reason)
         log.info("Slack workspace %s removed (%s): %d stored messages deleted", team, reason, deleted)
+
+
+class SdkWebApi:
+    """`slack_reply.WebApi` over slack_sdk's client: the one place slack_sdk's errors are read. A 429 becomes
+    `RateLimited` with Slack's Retry-After, any other error `SlackRefusedError` with Slack's error code."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    async def call(self, method: str, **params: Any) -> Mapping[str, Any]:
+        # The typed method (chat_postMessage for chat.postMessage) encodes its arguments the way Slack expects.
+        typed = getattr(self._client, method.replace(".", "_"))
+        try:
+            response = await typed(**params)
+        except SlackApiError as e:
+            if e.response.status_code == 429:
+                raise RateLimited(_retry_after(e.response.headers)) from e
+            raise SlackRefusedError(method, str(e.response.get("error") or e)) from e
+        return response.data if isinstance(response.data, dict) else {}
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> float:
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            try:
+                return float(value[0] if isinstance(value, list) else value)
+            except ValueError:
+                break
+    return DEFAULT_RETRY_AFTER_S
 
 
 def _team(body: dict[str, Any], context: Any) -> str:

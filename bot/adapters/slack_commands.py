@@ -14,16 +14,13 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt.async_app import AsyncApp
-from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
-
 from bot.adapters.base import Incoming, TranscriptLine, quote_language, summarize_count
 from bot.adapters.slack_reply import (
     ChannelSink,
     Ephemeral,
+    SlackRefusedError,
     SlackReply,
-    calling,
+    WebApi,
     post_ephemeral_sender,
     response_url_sender,
 )
@@ -51,27 +48,24 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 class SlackCommands:
-    def __init__(self, manager: ConversationManager, client: AsyncWebClient, config: SlackConfig, spawn: Spawn):
+    """Bolt listeners (the adapter registers them: ``on_command`` for each of COMMANDS, the ``on_…`` shortcut
+    listeners under their callback ids) and the conversation reading that summaries need."""
+
+    def __init__(self, manager: ConversationManager, api: WebApi, config: SlackConfig, spawn: Spawn):
         self._manager = manager
-        self._client = client
+        self._api = api
         self._config = config
         self._spawn = spawn
 
-    def register(self, app: AsyncApp) -> None:
-        for name in COMMANDS:
-            app.command(f"/{name}")(self._on_command)
-        app.shortcut(SUMMARIZE_SHORTCUT)(self._on_summarize_thread)
-        app.shortcut(TRANSLATE_SHORTCUT)(self._on_translate_message)
-
-    async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+    async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         await ack()
         self._spawn(self._command(command, respond))
 
-    async def _on_summarize_thread(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+    async def on_summarize_thread(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
         await ack()
         self._spawn(self._shortcut(shortcut, respond, "summarize"))
 
-    async def _on_translate_message(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+    async def on_translate_message(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
         await ack()
         self._spawn(self._shortcut(shortcut, respond, "translate"))
 
@@ -112,10 +106,10 @@ class SlackCommands:
     def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
         ephemeral: Ephemeral = (
             response_url_sender(respond) if respond is not None
-            else post_ephemeral_sender(self._client, channel, user, thread_ts)
+            else post_ephemeral_sender(self._api, channel, user, thread_ts)
         )
         return SlackReply(
-            ChannelSink(self._client, channel, thread_ts), ephemeral=ephemeral,
+            ChannelSink(self._api, channel, thread_ts), ephemeral=ephemeral,
             interval_s=self._config.edit_interval_s, limit=self._config.message_limit,
         )
 
@@ -127,8 +121,8 @@ class SlackCommands:
             return await self.transcript(channel, thread_ts, limit)
         except RateLimited as e:
             await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
-        except SlackApiError as e:
-            log.info("could not read Slack conversation %s: %s", channel, e.response.get("error"))
+        except SlackRefusedError as e:
+            log.info("could not read Slack conversation %s: %s", channel, e.error)
             await reply.send(CANNOT_READ)
         return None
 
@@ -143,10 +137,11 @@ class SlackCommands:
         while len(messages) < cap:
             page = min(PAGE, cap - len(messages))
             if thread_ts is None:
-                call = self._client.conversations_history(channel=channel, limit=page, cursor=cursor)
+                response = await self._api.call("conversations.history", channel=channel, limit=page, cursor=cursor)
             else:
-                call = self._client.conversations_replies(channel=channel, ts=thread_ts, limit=page, cursor=cursor)
-            response = await calling(call)
+                response = await self._api.call(
+                    "conversations.replies", channel=channel, ts=thread_ts, limit=page, cursor=cursor
+                )
             messages += response.get("messages") or []
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not cursor:

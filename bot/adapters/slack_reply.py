@@ -2,23 +2,21 @@
 (`StreamedMessages` over `chat.postMessage` / `chat.update`), and short notices shown only to the user who asked
 (a slash command's `response_url`, else `chat.postEphemeral`).
 
-Every text is escaped before it is split, so the limit counts the characters Slack receives. A 429 becomes
-`RateLimited` with Slack's Retry-After; the Web API client is built without slack_sdk's rate-limit retry handler, so
-the wait happens in exactly one place.
+Every text is escaped before it is split, so the limit counts the characters Slack receives. Calls go through
+`WebApi`, which the adapter implements over slack_sdk (the one module that imports it): a 429 arrives here as
+`RateLimited` with Slack's Retry-After, any other refusal as `SlackRefusedError`. The client is built without
+slack_sdk's rate-limit retry handler, so the wait happens in exactly one place.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
-
-from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from bot.adapters.slack_text import MESSAGE_LIMIT, POST_OPTIONS, escape, escape_stream
 from bot.adapters.splitting import split_message
-from bot.adapters.streaming import EMPTY_ANSWER, RateLimited, StreamedMessages, until_accepted
+from bot.adapters.streaming import EMPTY_ANSWER, StreamedMessages, until_accepted
 
 log = logging.getLogger(__name__)
 
@@ -27,52 +25,40 @@ PLACEHOLDER = "…"
 CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action"})
 # A whole message (not streamed) that keeps getting 429s is given up after this many tries.
 SEND_ATTEMPTS = 5
-# Slack's Retry-After is whole seconds; when a 429 comes without one, wait this long.
-DEFAULT_RETRY_AFTER_S = 1.0
-
-T = TypeVar("T")
 Ephemeral = Callable[[str], Awaitable[None]]
 
 
-def retry_after(error: SlackApiError) -> float:
-    headers = error.response.headers or {}
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return float(value[0] if isinstance(value, list) else value)
-            except ValueError:
-                break
-    return DEFAULT_RETRY_AFTER_S
+class SlackRefusedError(Exception):
+    """Slack answered a Web API call with an error other than a 429; ``error`` is its code (``not_in_channel``)."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"Slack refused {method}: {error}")
+        self.method = method
+        self.error = error
 
 
-async def calling(call: Awaitable[T]) -> T:
-    """Await a Web API call; a 429 becomes `RateLimited` so the caller can wait as Slack asked."""
-    try:
-        return await call
-    except SlackApiError as e:
-        if e.response.status_code == 429:
-            raise RateLimited(retry_after(e)) from e
-        raise
+class WebApi(Protocol):
+    async def call(self, method: str, **params: Any) -> Mapping[str, Any]:
+        """Call a Web API method (``chat.postMessage``) and return its JSON body; raise `RateLimited` on a 429 and
+        `SlackRefusedError` on any other error."""
 
 
 class ChannelSink:
     """Messages in one channel, or in one thread of it (`thread_ts`); handles are message timestamps."""
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None) -> None:
-        self._client = client
+    def __init__(self, api: WebApi, channel: str, thread_ts: str | None) -> None:
+        self._api = api
         self.channel = channel
         self.thread_ts = thread_ts
 
     async def post(self, text: str) -> str:
-        response = await calling(
-            self._client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=text, **POST_OPTIONS)
+        response = await self._api.call(
+            "chat.postMessage", channel=self.channel, thread_ts=self.thread_ts, text=text, **POST_OPTIONS
         )
         return str(response["ts"])
 
     async def edit(self, handle: str, text: str) -> None:
-        await calling(
-            self._client.chat_update(channel=self.channel, ts=handle, text=text, parse="none", link_names=False)
-        )
+        await self._api.call("chat.update", channel=self.channel, ts=handle, text=text, parse="none", link_names=False)
 
 
 class SlackReply:
@@ -110,12 +96,12 @@ class SlackReply:
         streamed = StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval, placeholder=PLACEHOLDER)
         try:
             await streamed.run(escape_stream(keeping(deltas)))
-        except SlackApiError as e:
+        except SlackRefusedError as e:
             # A command used where the bot is not a member: the placeholder is refused before any text is read.
             # Show the answer to the asker alone rather than lose it.
-            if self._ephemeral is None or streamed.messages or e.response.get("error") not in CANNOT_POST:
+            if self._ephemeral is None or streamed.messages or e.error not in CANNOT_POST:
                 raise
-            log.info("cannot post in %s (%s); answering ephemerally", self._sink.channel, e.response.get("error"))
+            log.info("cannot post in %s (%s); answering ephemerally", self._sink.channel, e.error)
             raw += [delta async for delta in deltas]
             await self.send("".join(raw) or EMPTY_ANSWER)
         return "".join(raw)
@@ -132,13 +118,13 @@ def response_url_sender(respond: Callable[..., Awaitable[Any]]) -> Ephemeral:
     return send
 
 
-def post_ephemeral_sender(client: AsyncWebClient, channel: str, user: str, thread_ts: str | None) -> Ephemeral:
+def post_ephemeral_sender(api: WebApi, channel: str, user: str, thread_ts: str | None) -> Ephemeral:
     """Ephemeral notices through chat.postEphemeral, for requests that came without a response_url."""
 
     async def send(text: str) -> None:
         await until_accepted(
-            lambda: calling(
-                client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts, **POST_OPTIONS)
+            lambda: api.call(
+                "chat.postEphemeral", channel=channel, user=user, text=text, thread_ts=thread_ts, **POST_OPTIONS
             ),
             "ephemeral post",
             attempts=SEND_ATTEMPTS,
