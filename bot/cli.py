@@ -187,14 +187,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    import torch
-
     from llm.checkpoints import save_checkpoint
     from llm.config import GPTConfig
     from llm.model import GPTModel
 
     config = GPTConfig.from_name(args.preset)
-    model = GPTModel(config).init_weights(torch.Generator().manual_seed(args.seed))
+    model = GPTModel(config).init_weights(args.seed)
     save_checkpoint(model, args.dst, format=args.format, metadata={"origin": f"random init, seed {args.seed}"})
     print(f"wrote {args.dst}: {args.preset}, {model.num_parameters:,} parameters, random weights (seed {args.seed})")
     return 0

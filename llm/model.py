@@ -182,8 +182,11 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(config.emb_dim)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
 
-    def init_weights(self, generator: torch.Generator | None = None) -> GPTModel:
-        """GPT-2's initialisation (normal 0.02, residual projections scaled by depth); for fresh models and tests."""
+    def init_weights(self, generator: torch.Generator | int | None = None) -> GPTModel:
+        """GPT-2's initialisation (normal 0.02, residual projections scaled by depth); for fresh models and tests.
+        An int is a seed, so callers outside `llm` need not import torch to get reproducible weights."""
+        if isinstance(generator, int):
+            generator = torch.Generator().manual_seed(generator)
         std = 0.02
         for name, p in self.named_parameters():
             if name.endswith(("norm1.scale", "norm2.scale", "final_norm.scale")):

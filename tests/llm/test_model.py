@@ -150,3 +150,12 @@ def test_the_static_step_for_cuda_graphs_equals_the_dynamic_one(tiny_model: GPTM
 def test_cuda_graphs_are_refused_clearly_off_a_gpu(tiny_model: GPTModel) -> None:
     with pytest.raises(ValueError, match="CUDA device"):
         GraphedDecodeStep(tiny_model)
+
+
+def test_an_int_seed_initialises_like_a_generator_seeded_with_it() -> None:
+    config = GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1)
+    by_seed = GPTModel(config).init_weights(7).state_dict()
+    by_generator = GPTModel(config).init_weights(torch.Generator().manual_seed(7)).state_dict()
+    other = GPTModel(config).init_weights(8).state_dict()
+    assert all(torch.equal(by_seed[k], by_generator[k]) for k in by_seed)
+    assert not torch.equal(by_seed["tok_emb.weight"], other["tok_emb.weight"])
