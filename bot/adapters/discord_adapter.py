@@ -33,8 +33,7 @@ from bot.adapters.base import (
     summarize_count,
 )
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
-from bot.adapters.splitting import split_message
-from bot.adapters.streaming import MessageSink, StreamedMessages
+from bot.adapters.streaming import SinkReply
 from bot.conversation import ConversationManager
 from storage.records import dm_tenant
 
@@ -145,7 +144,7 @@ class DiscordAdapter:
             incoming = self._incoming(
                 channel, message.guild, message.author, command, args, str(message.id), transcript
             )
-            reply = SinkReply(ChannelSink(message), self._config.edit_interval_s)
+            reply = SinkReply(ChannelSink(message), limit=MESSAGE_LIMIT, interval_s=self._config.edit_interval_s)
             async with _typing(message.channel):
                 await self._manager.handle(incoming, reply)
 
@@ -230,7 +229,9 @@ class DiscordAdapter:
             incoming = self._incoming(
                 interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
             )
-            reply = SinkReply(InteractionSink(interaction, ephemeral), self._config.edit_interval_s)
+            reply = SinkReply(
+                InteractionSink(interaction, ephemeral), limit=MESSAGE_LIMIT, interval_s=self._config.edit_interval_s
+            )
             await self._manager.handle(incoming, reply)
 
     async def checkpoint_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice]:
@@ -296,21 +297,6 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
 
 
 # -- replies -------------------------------------------------------------------------------------------------------
-
-
-class SinkReply:
-    """`Reply` over a `MessageSink`: whole messages split at the limit, streams edited at most once per interval."""
-
-    def __init__(self, sink: MessageSink[object], interval_s: float) -> None:
-        self._sink = sink
-        self._interval = interval_s
-
-    async def send(self, text: str) -> None:
-        for chunk in split_message(text, MESSAGE_LIMIT):
-            await self._sink.post(chunk)
-
-    async def stream(self, deltas: AsyncIterator[str]) -> str:
-        return await StreamedMessages(self._sink, limit=MESSAGE_LIMIT, interval_s=self._interval).run(deltas)
 
 
 class ChannelSink:

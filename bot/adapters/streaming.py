@@ -153,3 +153,20 @@ async def until_accepted(
             wait = e.retry_after
             log.info("%s rate-limited; retrying in %.2f s", what, wait)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class SinkReply(Generic[H]):
+    """The core's `Reply` over a `MessageSink`: whole messages split at ``limit``, streams shown by
+    `StreamedMessages` (edited at most once per ``interval_s``)."""
+
+    def __init__(self, sink: MessageSink[H], *, limit: int, interval_s: float) -> None:
+        self._sink = sink
+        self._limit = limit
+        self._interval = interval_s
+
+    async def send(self, text: str) -> None:
+        for chunk in split_message(text, self._limit):
+            await self._sink.post(chunk)
+
+    async def stream(self, deltas: AsyncIterator[str]) -> str:
+        return await StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval).run(deltas)

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from bot.adapters.streaming import CURSOR, EMPTY_ANSWER, RateLimited, StreamedMessages
+from bot.adapters.streaming import CURSOR, EMPTY_ANSWER, RateLimited, SinkReply, StreamedMessages
 
 
 class Clock:
@@ -159,3 +159,18 @@ async def test_a_failing_stream_leaves_what_arrived_without_the_cursor(clock: Cl
     with pytest.raises(TimeoutError):
         await StreamedMessages(sink, limit=2000, clock=clock, sleep=clock.sleep).run(deltas())
     assert sink.shown == ["Partial answer"]
+
+
+async def test_a_sink_reply_sends_whole_messages_split_at_the_limit_and_streams_through_streamed_messages() -> None:
+    sink = Sink(Clock())
+    reply = SinkReply(sink, limit=30, interval_s=0.0)
+    await reply.send("The first paragraph.\n\nThe second one, a bit longer.")
+    assert sink.shown == ["The first paragraph.", "The second one, a bit longer."]
+    assert [call[0] for call in sink.calls] == ["post", "post"]
+
+    async def deltas() -> AsyncIterator[str]:
+        for word in ("Streamed ", "text ", "ends."):
+            yield word
+
+    assert await reply.stream(deltas()) == "Streamed text ends."
+    assert sink.shown[2:] == ["Streamed text ends."]  # the cursor is gone at the end
