@@ -65,6 +65,21 @@ def manager(store: Store, generator: FakeGenerator, checkpoints: Path) -> Conver
     return make_manager(store, generator, checkpoints)
 
 
+def record_deliveries(manager: ConversationManager) -> list[tuple[str, bool]]:
+    """Each event id the adapter checks with the core, and whether it was the first delivery, in order. A test waits
+    for a redelivery to be seen and dropped, rather than sleeping and hoping a wrong second answer would show."""
+    seen: list[tuple[str, bool]] = []
+    check = manager.first_delivery
+
+    async def recording(platform: str, event_id: str) -> bool:
+        first = await check(platform, event_id)
+        seen.append((event_id, first))
+        return first
+
+    manager.first_delivery = recording  # type: ignore[method-assign]
+    return seen
+
+
 def socket_config(slack: FakeSlack, **changes: Any) -> SlackConfig:
     config = SlackConfig(bot_token=BOT_TOKEN, app_token=APP_TOKEN, api_url=slack.api_url, edit_interval_s=0.05,
                          ping_interval_s=2.0, close_grace_s=5.0)

@@ -10,7 +10,7 @@ import asyncio
 from bot.adapters.slack_adapter import SlackAdapter
 from storage.records import ConversationKey, Role, dm_channel
 from tests.fake_slack import fixtures
-from tests.fake_slack.fixtures import TOKENIZER, running, socket_config
+from tests.fake_slack.fixtures import TOKENIZER, record_deliveries, running, socket_config
 from tests.fake_slack.payloads import direct_message, event_callback, mention, slash_command
 from tests.fake_slack.server import eventually
 
@@ -89,6 +89,7 @@ async def test_slash_commands_are_acknowledged_at_once_while_the_model_is_busy(f
 
 async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered(fake_slack, manager, generator):
     first = event_callback(mention("What is 2+2?", TS), event_id="Ev-dup")
+    deliveries = record_deliveries(manager)
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", first)
         await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
@@ -99,13 +100,15 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
         await fake_slack.send("events_api", event_callback(mention("Lost?", lone_ts), event_id="Ev-lone"),
                               retry_attempt=2)
         await eventually(lambda: fake_slack.thread("C1", lone_ts) == ["The answer is 4."], what="the lone retry")
-        await asyncio.sleep(0.3)  # give a wrong second answer time to show up
+        await eventually(lambda: len(deliveries) == 3, what="all three deliveries checked")
+    assert deliveries == [("Ev-dup", True), ("Ev-dup", False), ("Ev-lone", True)]
     assert fake_slack.thread("C1", TS) == ["The answer is 4."] and len(generator.prompts) == 2
 
 
 async def test_a_disconnect_mid_answer_reconnects_and_the_answer_arrives_once(fake_slack, manager, generator):
     generator.hold, generator.delay_s = asyncio.Event(), 0.01
     event = event_callback(mention("What is 2+2?", TS))
+    deliveries = record_deliveries(manager)
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event)
         await eventually(lambda: fake_slack.called("chat.postMessage"), what="the placeholder")
@@ -116,9 +119,10 @@ async def test_a_disconnect_mid_answer_reconnects_and_the_answer_arrives_once(fa
         # Slack may redeliver on the new connection an event whose ack it did not see.
         again = await fake_slack.send("events_api", event, retry_attempt=1)
         await eventually(lambda: again in fake_slack.acks, what="the redelivery's ack on the new connection")
+        await eventually(lambda: len(deliveries) == 2, what="the redelivery checked")
         generator.hold.set()
         await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
-        await asyncio.sleep(0.3)
+    assert deliveries == [(event["event_id"], True), (event["event_id"], False)]
     assert len(fake_slack.called("chat.postMessage")) == 1 and len(generator.prompts) == 1
 
 

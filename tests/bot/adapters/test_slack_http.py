@@ -19,6 +19,7 @@ from tests.fake_slack.fixtures import (
     SIGNING_SECRET,
     http_config,
     make_manager,
+    record_deliveries,
     running,
     socket_config,
 )
@@ -38,6 +39,7 @@ def poster(adapter) -> SignedPoster:
 
 async def test_a_signed_mention_is_answered_and_its_retry_is_not(fake_slack, manager, generator) -> None:
     body = event_callback(mention("What is 2+2?", TS), event_id="Ev-http")
+    deliveries = record_deliveries(manager)
     async with running(manager, http_config(fake_slack)) as adapter:
         assert await poster(adapter).event(body) == (200, "")
         await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
@@ -46,7 +48,8 @@ async def test_a_signed_mention_is_answered_and_its_retry_is_not(fake_slack, man
         lone = event_callback(mention("Lost?", "1700000200.000100"), event_id="Ev-lone")
         assert (await poster(adapter).event(lone, retry_num=2))[0] == 200
         await eventually(lambda: fake_slack.thread("C1", "1700000200.000100") == [ANSWER], what="the lone retry")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(deliveries) == 3, what="all three deliveries checked")
+    assert deliveries == [("Ev-http", True), ("Ev-http", False), ("Ev-lone", True)]
     assert fake_slack.thread("C1", TS) == [ANSWER] and len(generator.prompts) == 2
 
 
@@ -68,13 +71,15 @@ async def test_two_processes_sharing_a_database_answer_a_duplicated_event_once(
     async with open_store(url) as first_store, open_store(url) as second_store:
         first = make_manager(first_store, FakeGenerator(" The answer is 4."), checkpoints)
         second = make_manager(second_store, FakeGenerator(" The answer is 4."), checkpoints)
+        seen_first, seen_second = record_deliveries(first), record_deliveries(second)
         async with running(first, http_config(fake_slack)) as a, running(second, http_config(fake_slack)) as b:
             body = event_callback(mention("What is 2+2?", TS), event_id="Ev-shared")
             # Slack retried because the first process looked slow; the load balancer sent the retry elsewhere.
             statuses = await asyncio.gather(poster(a).event(body), poster(b).event(body, retry_num=1))
             assert [s for s, _ in statuses] == [200, 200]
             await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(seen_first) + len(seen_second) == 2, what="both deliveries checked")
+        assert sorted(seen_first + seen_second) == [("Ev-shared", False), ("Ev-shared", True)]
         assert len(fake_slack.called("chat.postMessage")) == 1
         assert len(await first_store.recent_history(ConversationKey("slack", "T1", "C1", TS))) == 2
 
