@@ -22,7 +22,7 @@ from bot.channel_settings import ChannelConfig
 from bot.checkpoint_names import list_checkpoints
 from bot.conversation import ConversationManager, ManagerConfig
 from bot.inference import LocalGenerator, ReloadFailed
-from bot.jobs import CheckpointWatcher, build_jobs
+from bot.jobs import STOP_GRACE_S, CheckpointWatcher, build_jobs
 from bot.ratelimit import RateLimiter
 from bot.settings import Settings
 from llm.checkpoints import load_checkpoint
@@ -172,7 +172,7 @@ async def run_service(
                 return 0
             return await serve_platforms(adapters)
         finally:
-            await jobs.stop(settings.shutdown_grace_s)  # before the generator and the store they use go away
+            await jobs.stop(min(settings.shutdown_grace_s, STOP_GRACE_S))  # before the generator and store go away
             await generator.close(settings.shutdown_grace_s)
 
 

@@ -21,6 +21,9 @@ from storage.records import RetentionResult
 from storage.store import Store
 
 log = logging.getLogger(__name__)
+# At shutdown a job in flight gets at most this long to finish (a retention delete takes well under it); the rest of
+# the shutdown grace period belongs to answers in progress.
+STOP_GRACE_S = 5.0
 
 
 async def apply_retention(store: Store, days: int, *, now: datetime | None = None) -> RetentionResult | None:
@@ -90,10 +93,12 @@ class Jobs:
     def start(self) -> None:
         self.scheduler.start()
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         if not self.scheduler.running:
             return
         self.scheduler.pause()  # no new runs while the ones in flight finish
+        # A run the executor submitted this loop turn has not taken its first step, so it is not in `_running` yet.
+        await asyncio.sleep(0)
         running = {task for task in self._running if not task.done()}
         if running:
             _, late = await asyncio.wait(running, timeout=grace_s)
@@ -101,6 +106,7 @@ class Jobs:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)  # AsyncIOScheduler's shutdown takes effect on the loop's next turn
 
     def _boundary(self, name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
         """A job's failure is logged and the next run tries again: jobs are an error boundary like messages."""
@@ -112,8 +118,9 @@ class Jobs:
             try:
                 await job()
             except asyncio.CancelledError:
+                # Only `stop` cancels a run, and it awaits the task. Not re-raising keeps APScheduler from logging
+                # a run cut short by shutdown as a failed job, with a traceback, at ERROR.
                 log.warning("job %s was cut short by shutdown; it runs again at the next start", name)
-                raise
             except Exception:
                 log.exception("job %s failed; it runs again at its next time", name)
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,6 +129,26 @@ async def test_stopping_cancels_a_run_past_the_grace_period_and_returns_only_onc
     await asyncio.wait_for(jobs.stop(grace_s=0.05), 10)
     assert unwound.is_set()
     assert "job stuck was cut short by shutdown" in caplog.text
+    # A planned stop is not a failed job: nothing at ERROR (APScheduler logs a job that raises with a traceback).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_stopping_in_any_loop_turn_after_a_run_was_submitted_leaves_no_run_behind(turns: int) -> None:
+    """The executor creates a run's task one loop turn before the run takes its first step: a stop in between must
+    still wait for (or cut short) that run, or it would touch the store after the service closed it."""
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    jobs = Jobs()
+    jobs.add("stuck", stuck, "interval", hours=1, next_run_time=datetime.now(UTC))
+    jobs.start()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await jobs.stop(grace_s=0.05)  # awaited directly: wait_for's extra loop turn could hide a run left behind
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert not jobs.scheduler.running
 
 
 async def test_a_failing_job_is_logged_and_runs_again_next_time(caplog: pytest.LogCaptureFixture) -> None:
