@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 COMMANDS = ("chat", "summarize", "translate", "model", "forget", "reload", "settings", "help")
 SUMMARIZE_MAX = 500  # messages a summary may read; adapters fetch no more than this from a platform
 QUOTES = {'"': '"', "“": "”"}  # phones type curly quotes
+UNQUOTE = str.maketrans(dict.fromkeys('"“”', " "))
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,16 @@ def translate_args(text: str) -> tuple[str, str] | None:
         if not closed:
             return None
     else:
-        language, _, rest = stripped.partition(" ")
+        language, *after = stripped.split(maxsplit=1) or [""]  # any whitespace ends it: "German\nGuten Morgen"
+        rest = after[0] if after else ""
     language, rest = " ".join(language.split()), rest.strip()
     return (language, rest) if language and rest else None
 
 
 def quote_language(language: str) -> str:
     """The ``translate_args`` form of a language picked in a platform's own form field."""
-    words = " ".join(language.replace('"', " ").split())
-    return f'"{words}"' if " " in words else words
+    words = " ".join(language.translate(UNQUOTE).split())
+    return words if words and " " not in words else f'"{words}"'  # '""' (no language) gets the usage message
 
 
 def parse_command(text: str) -> tuple[str, str]:

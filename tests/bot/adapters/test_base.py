@@ -27,6 +27,7 @@ def test_a_summary_count_is_a_whole_number_within_the_limit_adapters_fetch() -> 
      ('"Brazilian Portuguese" Good morning', ("Brazilian Portuguese", "Good morning")),
      ("“Swiss  German” Grüezi", ("Swiss German", "Grüezi")),
      ('  French   "quoted" text ', ("French", '"quoted" text')),
+     ("German\nGuten Morgen,\n  ihr alle", ("German", "Guten Morgen,\n  ihr alle")),
      ("German", None), ("", None), ('"Brazilian Portuguese"', None), ('"Brazilian Portuguese Good morning', None),
      ('"" Hello', None)],
 )  # fmt: skip
@@ -37,7 +38,8 @@ def test_translate_reads_a_language_then_the_text_and_a_quoted_language_may_have
 
 
 def test_a_language_picked_in_a_form_field_travels_in_the_form_translate_reads() -> None:
-    for language in ("German", "Brazilian Portuguese", ' Swiss  "German" '):
-        assert translate_args(f"{quote_language(language)} Hello there") == (
-            " ".join(language.replace('"', " ").split()), "Hello there"
-        )
+    for language, read in [("German", "German"), ("Brazilian Portuguese", "Brazilian Portuguese"),
+                           (' Swiss  "German" ', "Swiss German"), ("“German", "German")]:  # fmt: skip
+        assert translate_args(f"{quote_language(language)} Hello there") == (read, "Hello there")
+    for empty in ("", '"', " “” "):  # no language at all: the usage message, not the text's first word
+        assert translate_args(f"{quote_language(empty)} Hello there") is None
