@@ -307,9 +307,12 @@ class SdkWebApi:
         try:
             response = await typed(**params)
         except SlackApiError as e:
-            if e.response.status_code == 429:
-                raise RateLimited(_retry_after(e.response.headers)) from e
-            raise SlackRefusedError(method, str(e.response.get("error") or e)) from e
+            # Usually a SlackResponse; an unreadable body comes with aiohttp's raw response (`status`, no `get`).
+            status = getattr(e.response, "status_code", getattr(e.response, "status", None))
+            if status == 429:
+                raise RateLimited(_retry_after(getattr(e.response, "headers", None))) from e
+            error = e.response.get("error") if hasattr(e.response, "get") else None
+            raise SlackRefusedError(method, str(error or f"HTTP {status}, unreadable answer")) from e
         return response.data if isinstance(response.data, dict) else {}
 
 
