@@ -1,4 +1,5 @@
-"""Shared fixtures for the service tests: a migrated SQLite store in a throwaway file."""
+"""Shared fixtures for the service tests: a migrated SQLite store in a throwaway file, and a checkpoints directory
+holding one checkpoint (`next.safetensors`) for reload commands to name."""
 
 from __future__ import annotations
 
@@ -14,3 +15,11 @@ from storage.store import Store, open_store
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with open_store(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}") as opened:
         yield opened
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path) -> Path:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    (directory / "next.safetensors").write_bytes(b"weights")
+    return directory

@@ -31,14 +31,6 @@ def generator() -> FakeGenerator:
 
 
 @pytest.fixture
-def checkpoints(tmp_path: Path) -> Path:
-    directory = tmp_path / "checkpoints"
-    directory.mkdir()
-    (directory / "next.safetensors").write_bytes(b"weights")
-    return directory
-
-
-@pytest.fixture
 def manager(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
     return ConversationManager(
         store,

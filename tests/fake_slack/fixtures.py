@@ -27,6 +27,7 @@ APP_TOKEN = "xapp-1-A1-333-apptokensecret"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 ADMIN = "U-ADMIN"
 TOKENIZER = Tokenizer()
+ANSWER = "The answer is 4."  # what the `generator` fixture's model says, as Slack shows it
 DEFAULTS = ChannelConfig(max_new_tokens=100, temperature=0.0, top_k=None, top_p=None, history_messages=20)
 
 
@@ -42,15 +43,7 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
 
 @pytest.fixture
 def generator() -> FakeGenerator:
-    return FakeGenerator(" The answer is 4.")
-
-
-@pytest.fixture
-def checkpoints(tmp_path: Path) -> Path:
-    directory = tmp_path / "checkpoints"
-    directory.mkdir()
-    (directory / "next.safetensors").write_bytes(b"weights")
-    return directory
+    return FakeGenerator(f" {ANSWER}")
 
 
 def make_manager(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.fake_slack.server import BOT_USER, TEAM
 
+TS = "1700000100.000100"  # the timestamp of the message most tests mention the bot in
 _event_ids = itertools.count(1)
 
 

@@ -10,35 +10,33 @@ import asyncio
 from bot.adapters.slack_adapter import SlackAdapter
 from storage.records import ConversationKey, Role, dm_channel
 from tests.fake_slack import fixtures
-from tests.fake_slack.fixtures import TOKENIZER, record_deliveries, running, socket_config
-from tests.fake_slack.payloads import direct_message, event_callback, mention, slash_command
+from tests.fake_slack.fixtures import ANSWER, TOKENIZER, record_deliveries, running, socket_config
+from tests.fake_slack.payloads import TS, direct_message, event_callback, mention, slash_command
 from tests.fake_slack.server import eventually
 
-TS = "1700000100.000100"
-# The shared fixtures, taken by assignment so each test names them as parameters.
-fake_slack, generator = fixtures.fake_slack, fixtures.generator
-manager, checkpoints = fixtures.manager, fixtures.checkpoints
+# The shared fixtures, taken by assignment so each test names them as parameters (`checkpoints` is tests/bot's).
+fake_slack, generator, manager = fixtures.fake_slack, fixtures.generator, fixtures.manager
 
 
 async def test_a_mention_gets_a_threaded_streamed_reply(fake_slack, manager, generator, store) -> None:
     generator.delay_s = 0.05
     async with running(manager, socket_config(fake_slack)):
         envelope = await fake_slack.send("events_api", event_callback(mention("What is 2+2?", TS)))
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
     assert fake_slack.ack_latency(envelope) is not None
     posts = fake_slack.called("chat.postMessage")
     assert [p.args["text"] for p in posts] == ["…"]  # the placeholder; the text arrives by edits
     assert posts[0].args["thread_ts"] == TS
     updates = [c.args["text"] for c in fake_slack.called("chat.update")]
-    assert len(updates) >= 2 and updates[0].endswith(" …") and updates[-1] == "The answer is 4."
+    assert len(updates) >= 2 and updates[0].endswith(" …") and updates[-1] == ANSWER
     history = await store.recent_history(ConversationKey("slack", "T1", "C1", TS))
-    assert [(m.role, m.text) for m in history] == [(Role.USER, "What is 2+2?"), (Role.ASSISTANT, "The answer is 4.")]
+    assert [(m.role, m.text) for m in history] == [(Role.USER, "What is 2+2?"), (Role.ASSISTANT, ANSWER)]
 
 
 async def test_a_follow_up_in_the_thread_continues_the_conversation(fake_slack, manager, generator) -> None:
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(mention("What is 2+2?", TS)))
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the first answer")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the first answer")
         await fake_slack.send("events_api", event_callback(mention("And 3+3?", "1700000101.000100", thread_ts=TS)))
         await eventually(lambda: len(fake_slack.thread("C1", TS)) == 2, what="the second answer")
     assert "### Instruction:\nWhat is 2+2?" in TOKENIZER.decode(generator.prompts[1])
@@ -49,9 +47,9 @@ async def test_a_direct_message_is_answered_in_the_dm_and_filed_under_the_worksp
 ) -> None:
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(direct_message("hello there", TS, user="U7")))
-        await eventually(lambda: fake_slack.thread("D1", None) == ["The answer is 4."], what="the DM answer")
+        await eventually(lambda: fake_slack.thread("D1", None) == [ANSWER], what="the DM answer")
     history = await store.recent_history(ConversationKey("slack", "T1", dm_channel("U7")))
-    assert [m.text for m in history] == ["hello there", "The answer is 4."]
+    assert [m.text for m in history] == ["hello there", ANSWER]
 
 
 async def test_bot_messages_and_edits_are_ignored(fake_slack, manager, generator) -> None:
@@ -67,7 +65,7 @@ async def test_bot_messages_and_edits_are_ignored(fake_slack, manager, generator
         envelopes = [await fake_slack.send("events_api", event_callback(event)) for event in ignored]
         await eventually(lambda: all(e in fake_slack.acks for e in envelopes), what="acks")
         await fake_slack.send("events_api", event_callback(direct_message("real question", TS)))
-        await eventually(lambda: fake_slack.thread("D1", None) == ["The answer is 4."], what="the real answer")
+        await eventually(lambda: fake_slack.thread("D1", None) == [ANSWER], what="the real answer")
     assert len(generator.prompts) == 1 and len(fake_slack.called("chat.postMessage")) == 1
 
 
@@ -81,8 +79,8 @@ async def test_slash_commands_are_acknowledged_at_once_while_the_model_is_busy(f
         await eventually(lambda: envelope in fake_slack.acks, timeout_s=3.0, what="the command's ack")
         assert not generator.hold.is_set()  # acknowledged while both answers wait for the model
         generator.hold.set()
-        await eventually(lambda: fake_slack.thread("C1", None) == ["The answer is 4."], what="the translation")
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the mention's answer")
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the translation")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the mention's answer")
     assert fake_slack.ack_latency(envelope) < 3.0
     assert fake_slack.ack_payloads[envelope] in (None, {})  # an empty ack: the answer follows separately
 
@@ -92,7 +90,7 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
     deliveries = record_deliveries(manager)
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", first)
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
         again = await fake_slack.send("events_api", first, retry_attempt=1)
         await eventually(lambda: again in fake_slack.acks, what="the retry's ack")
         await eventually(lambda: len(deliveries) == 2, what="the retry checked")
@@ -100,10 +98,10 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
         lone_ts = "1700000200.000100"
         await fake_slack.send("events_api", event_callback(mention("Lost?", lone_ts), event_id="Ev-lone"),
                               retry_attempt=2)
-        await eventually(lambda: fake_slack.thread("C1", lone_ts) == ["The answer is 4."], what="the lone retry")
+        await eventually(lambda: fake_slack.thread("C1", lone_ts) == [ANSWER], what="the lone retry")
         await eventually(lambda: len(deliveries) == 3, what="the lone retry checked")
     assert deliveries == [("Ev-dup", True), ("Ev-dup", False), ("Ev-lone", True)]
-    assert fake_slack.thread("C1", TS) == ["The answer is 4."] and len(generator.prompts) == 2
+    assert fake_slack.thread("C1", TS) == [ANSWER] and len(generator.prompts) == 2
 
 
 async def test_a_disconnect_mid_answer_reconnects_and_the_answer_arrives_once(fake_slack, manager, generator):
@@ -122,7 +120,7 @@ async def test_a_disconnect_mid_answer_reconnects_and_the_answer_arrives_once(fa
         await eventually(lambda: again in fake_slack.acks, what="the redelivery's ack on the new connection")
         await eventually(lambda: len(deliveries) == 2, what="the redelivery checked")
         generator.hold.set()
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
     assert deliveries == [(event["event_id"], True), (event["event_id"], False)]
     assert len(fake_slack.called("chat.postMessage")) == 1 and len(generator.prompts) == 1
 
@@ -168,7 +166,7 @@ async def test_a_429_on_the_placeholder_is_waited_out_and_the_answer_still_arriv
     fake_slack.rate_limit["chat.postMessage"] = [1]
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(mention("busy channel", TS)))
-        await eventually(lambda: fake_slack.thread("C1", TS) == ["The answer is 4."], what="the answer")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
     posts = fake_slack.called("chat.postMessage")
     assert len(posts) == 2 and posts[1].at - posts[0].at >= 0.95  # Retry-After: 1, then the placeholder landed
 

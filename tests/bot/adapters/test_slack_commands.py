@@ -8,8 +8,9 @@ import pytest
 from bot.conversation import NOT_ADMIN
 from storage.records import ConversationKey, dm_channel
 from tests.fake_slack import fixtures
-from tests.fake_slack.fixtures import ADMIN, TOKENIZER, running, socket_config
+from tests.fake_slack.fixtures import ADMIN, ANSWER, TOKENIZER, running, socket_config
 from tests.fake_slack.payloads import (
+    TS,
     direct_message,
     event_callback,
     mention,
@@ -19,10 +20,7 @@ from tests.fake_slack.payloads import (
 )
 from tests.fake_slack.server import eventually, eventually_async
 
-fake_slack, generator = fixtures.fake_slack, fixtures.generator
-manager, checkpoints = fixtures.manager, fixtures.checkpoints
-TS = "1700000100.000100"
-ANSWER = "The answer is 4."
+fake_slack, generator, manager = fixtures.fake_slack, fixtures.generator, fixtures.manager
 
 
 async def stored_counts(store, keys: list[ConversationKey]) -> list[int]:

@@ -14,6 +14,7 @@ from storage.store import open_store
 from tests.bot.fakes import FakeGenerator
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import (
+    ANSWER,
     APP_TOKEN,
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -23,14 +24,11 @@ from tests.fake_slack.fixtures import (
     running,
     socket_config,
 )
-from tests.fake_slack.payloads import event_callback, mention, slash_command
+from tests.fake_slack.payloads import TS, event_callback, mention, slash_command
 from tests.fake_slack.server import eventually
 from tests.fake_slack.signing import SignedPoster, sign
 
-fake_slack, generator = fixtures.fake_slack, fixtures.generator
-manager, checkpoints = fixtures.manager, fixtures.checkpoints
-TS = "1700000100.000100"
-ANSWER = "The answer is 4."
+fake_slack, generator, manager = fixtures.fake_slack, fixtures.generator, fixtures.manager
 
 
 def poster(adapter) -> SignedPoster:
@@ -70,8 +68,8 @@ async def test_two_processes_sharing_a_database_answer_a_duplicated_event_once(
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     async with open_store(url) as first_store, open_store(url) as second_store:
-        first = make_manager(first_store, FakeGenerator(" The answer is 4."), checkpoints)
-        second = make_manager(second_store, FakeGenerator(" The answer is 4."), checkpoints)
+        first = make_manager(first_store, FakeGenerator(f" {ANSWER}"), checkpoints)
+        second = make_manager(second_store, FakeGenerator(f" {ANSWER}"), checkpoints)
         seen_first, seen_second = record_deliveries(first), record_deliveries(second)
         async with running(first, http_config(fake_slack)) as a, running(second, http_config(fake_slack)) as b:
             body = event_callback(mention("What is 2+2?", TS), event_id="Ev-shared")

@@ -11,7 +11,7 @@ from bot.adapters.redaction import REDACTED, SecretRedactingFilter
 from bot.adapters.slack_text import SECRETS, SLACK_TOKEN, escape, plain
 from tests.fake_slack import fixtures
 
-generator, manager, checkpoints = fixtures.generator, fixtures.manager, fixtures.checkpoints
+generator, manager = fixtures.generator, fixtures.manager
 
 
 @pytest.mark.parametrize(
