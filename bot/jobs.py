@@ -17,6 +17,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.checkpoint_names import list_checkpoints
+from bot.draining import drain
 from storage.records import RetentionResult
 from storage.store import Store
 
@@ -99,12 +100,7 @@ class Jobs:
         self.scheduler.pause()  # no new runs while the ones in flight finish
         # A run the executor submitted this loop turn has not taken its first step, so it is not in `_running` yet.
         await asyncio.sleep(0)
-        running = {task for task in self._running if not task.done()}
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await drain(self._running, grace_s)
         self.scheduler.shutdown(wait=False)
         await asyncio.sleep(0)  # AsyncIOScheduler's shutdown takes effect on the loop's next turn
 

@@ -35,6 +35,7 @@ from bot.adapters.base import (
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
 from bot.conversation import ConversationManager
+from bot.draining import drain
 from storage.records import dm_tenant
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,9 @@ class DiscordAdapter:
 
     async def close(self) -> None:
         self._closing = True
-        if self._answering:
-            _, late = await asyncio.wait(set(self._answering), timeout=self._config.close_grace_s)
-            if late:  # cut short while the client can still edit: each shows what arrived, without the cursor
-                log.warning("%d Discord answers cut short at shutdown", len(late))
-                for task in late:
-                    task.cancel()
-                await asyncio.wait(late, timeout=CUT_SHORT_S)
+        # Answers cut short unwind while the client can still edit: each shows what arrived, without the cursor.
+        if late := await drain(self._answering, self._config.close_grace_s, unwind_s=CUT_SHORT_S):
+            log.warning("%d Discord answers cut short at shutdown", late)
         await self._client.close()
 
     # -- startup -------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from bot.adapters.slack_reply import ChannelSink, SlackRefusedError, SlackReply
 from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
 from bot.adapters.streaming import RateLimited
 from bot.conversation import ConversationManager
+from bot.draining import drain
 from bot.settings import Settings
 from storage.records import dm_channel
 
@@ -200,13 +201,8 @@ class SlackAdapter:
         self._stopped = True
         self._closing.set()
         await self._stop_transport()  # no new events; Slack redelivers unacknowledged ones to another process
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._config.close_grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("%d Slack answers cut short at shutdown", len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+        if late := await drain(self._tasks, self._config.close_grace_s):
+            log.warning("%d Slack answers cut short at shutdown", late)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(work))
