@@ -54,7 +54,7 @@ def dm_channel(user_id: str) -> str:
     tenant (a Slack DM lives in one workspace, so uninstalling the app there must remove it too). `forget_user`
     removes such a conversation whole, as it does one filed under `dm_tenant`. Platform channel ids never contain
     ":", so this cannot collide with a real channel."""
-    return DM_TENANT_PREFIX + check_id("user_id", user_id)
+    return dm_tenant(user_id)
 
 
 def check_id(name: str, value: str, *, allow_empty: bool = False) -> str:

@@ -8,13 +8,13 @@ integrity errors: a failed statement would abort the whole PostgreSQL transactio
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Delete, Table, bindparam, delete, exists, or_, select
+from sqlalchemy import ColumnElement, Delete, Table, bindparam, delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -172,25 +172,20 @@ class Store:
         (the bot's replies there too). Returns the number of messages deleted. Admin records (the audit log, checkpoint
         loads, who last changed a channel's settings) are kept: admins' actions must stay accountable."""
         dms_tenant, dms_channel = dm_tenant(user_id), dm_channel(user_id)
+
+        def is_dm(row: type[Conversation] | type[ChannelSetting]) -> ColumnElement[bool]:
+            # A DM is filed under its own tenant (Discord) or under a DM channel inside a workspace (Slack).
+            return or_(row.tenant == dms_tenant, row.channel == dms_channel)
+
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
-        # A DM is filed under its own tenant (Discord) or under a DM channel inside a workspace (Slack).
-        dms = select(Conversation.id).where(
-            Conversation.platform == platform,
-            or_(Conversation.tenant == dms_tenant, Conversation.channel == dms_channel),
-        )
+        dms = select(Conversation.id).where(Conversation.platform == platform, is_dm(Conversation))
         async with self._sessions.begin() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
             deleted += await _delete(
                 session,
                 delete(Message).where(Message.author_id == user_id, Message.conversation_id.in_(on_platform)),
             )
-            await _delete_tenant_rows(session, platform, dms_tenant)
-            await session.execute(
-                delete(Conversation).where(Conversation.platform == platform, Conversation.channel == dms_channel)
-            )
-            await session.execute(
-                delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.channel == dms_channel)
-            )
+            await _delete_conversation_rows(session, platform, is_dm)
         # The user's id stays out of the log on purpose: the log is data too.
         log.info("forgot a %s user: %d messages deleted", platform, deleted)
         return deleted
@@ -202,7 +197,7 @@ class Store:
         in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
         async with self._sessions.begin() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
-            await _delete_tenant_rows(session, platform, tenant)
+            await _delete_conversation_rows(session, platform, lambda row: row.tenant == tenant)
         log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
         return deleted
 
@@ -344,9 +339,13 @@ async def _delete(session: AsyncSession, statement: Delete) -> int:
     return result.rowcount  # type: ignore[attr-defined]
 
 
-async def _delete_tenant_rows(session: AsyncSession, platform: str, tenant: str) -> None:
-    # The callers delete (and count) the messages first; ON DELETE CASCADE is only the safety net.
-    await session.execute(delete(Conversation).where(Conversation.platform == platform, Conversation.tenant == tenant))
-    await session.execute(
-        delete(ChannelSetting).where(ChannelSetting.platform == platform, ChannelSetting.tenant == tenant)
-    )
+async def _delete_conversation_rows(
+    session: AsyncSession,
+    platform: str,
+    where: Callable[[type[Conversation] | type[ChannelSetting]], ColumnElement[bool]],
+) -> None:
+    """Delete the conversations and channel settings on `platform` that ``where(table)`` selects (both tables have
+    tenant and channel columns). The callers delete (and count) the messages first; ON DELETE CASCADE is only the
+    safety net."""
+    for table in (Conversation, ChannelSetting):
+        await session.execute(delete(table).where(table.platform == platform, where(table)))
