@@ -95,7 +95,6 @@ def _slack_adapter(manager: ConversationManager, settings: Settings) -> Platform
 
 
 ADAPTERS: dict[str, AdapterFactory] = {"discord": _discord_adapter, "slack": _slack_adapter}
-EXTRAS = {"discord": "discord", "slack": "slack"}
 
 
 def build_adapters(
@@ -109,7 +108,7 @@ def build_adapters(
         except ImportError as e:
             raise StartupError(
                 f"{platform} is configured but its library is missing ({e.name}): "
-                f"pip install 'scratchbot[{EXTRAS[platform]}]'"
+                f"pip install 'scratchbot[{platform}]'"  # each platform's extra bears its name
             ) from None
     return adapters
 

@@ -34,7 +34,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.base import Incoming, parse_command, summarize_count
 from bot.adapters.redaction import install_redaction
-from bot.adapters.slack_commands import COMMANDS, SUMMARIZE_SHORTCUT, TRANSLATE_SHORTCUT, SlackCommands
+from bot.adapters.slack_commands import (
+    COMMANDS,
+    SUMMARIZE_SHORTCUT,
+    TRANSLATE_SHORTCUT,
+    SlackCommands,
+    conversation_channel,
+)
 from bot.adapters.slack_reply import ChannelSink, SlackRefusedError, SlackReply
 from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
 from bot.adapters.streaming import RateLimited
@@ -252,12 +258,11 @@ class SlackAdapter:
         reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
-            limit = summarize_count(text) or self._config.summarize_fetch
-            transcript = await self._commands.read(reply, channel, event.get("thread_ts"), limit)
+            transcript = await self._commands.read(reply, channel, event.get("thread_ts"), summarize_count(text))
             if transcript is None:
                 return
         incoming = Incoming(
-            platform="slack", tenant=team, channel=dm_channel(user) if is_dm else channel, author_id=user,
+            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user,
             text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,
             transcript=transcript,
         )

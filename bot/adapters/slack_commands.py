@@ -75,12 +75,13 @@ class SlackCommands:
         text = str(command.get("text") or "").strip()
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
         transcript = None
-        if name == "summarize" and (not text or summarize_count(text)):  # a bad count: the core says how
-            transcript = await self.read(reply, channel, None, summarize_count(text) or self._config.summarize_fetch)
+        count = summarize_count(text)
+        if name == "summarize" and (not text or count):  # a bad count: the core says how
+            transcript = await self.read(reply, channel, None, count)
             if transcript is None:
                 return
         incoming = Incoming(
-            platform="slack", tenant=team, channel=_conversation_channel(channel, user), author_id=user, text=text,
+            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
             command=name, is_dm=channel.startswith("D"), transcript=transcript,
         )
         await self._manager.handle(incoming, reply)
@@ -98,7 +99,7 @@ class SlackCommands:
         else:
             text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
         incoming = Incoming(
-            platform="slack", tenant=team, channel=_conversation_channel(channel, user), author_id=user, text=text,
+            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
             command=command, thread=root, is_dm=channel.startswith("D"), transcript=transcript,
         )
         await self._manager.handle(incoming, reply)
@@ -114,11 +115,12 @@ class SlackCommands:
         )
 
     async def read(
-        self, reply: SlackReply, channel: str, thread_ts: str | None, limit: int
+        self, reply: SlackReply, channel: str, thread_ts: str | None, count: int | None
     ) -> tuple[TranscriptLine, ...] | None:
-        """The conversation as a transcript, or None after telling the user why it could not be read."""
+        """The conversation's newest ``count`` messages (None: the configured default) as a transcript, or None
+        after telling the user why it could not be read."""
         try:
-            return await self.transcript(channel, thread_ts, limit)
+            return await self.transcript(channel, thread_ts, count or self._config.summarize_fetch)
         except RateLimited as e:
             await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
         except SlackRefusedError as e:
@@ -126,11 +128,8 @@ class SlackCommands:
             await reply.send(CANNOT_READ)
         return None
 
-    async def transcript(self, channel: str, thread_ts: str | None, limit: int | None = None) -> tuple[
-        TranscriptLine, ...
-    ]:
+    async def transcript(self, channel: str, thread_ts: str | None, limit: int) -> tuple[TranscriptLine, ...]:
         """The newest ``limit`` messages of a channel (``thread_ts`` None) or of a thread, oldest first."""
-        limit = limit or self._config.summarize_fetch
         cap = limit if thread_ts is None else THREAD_READ_CAP
         messages: list[dict[str, Any]] = []
         cursor: str | None = None
@@ -156,6 +155,6 @@ class SlackCommands:
         return tuple(lines[-limit:])
 
 
-def _conversation_channel(channel: str, user: str) -> str:
+def conversation_channel(channel: str, user: str) -> str:
     """Where a request is filed: a DM (channel id D…) under the user's DM channel, as the adapter files DMs."""
     return dm_channel(user) if channel.startswith("D") else channel
