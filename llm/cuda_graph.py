@@ -12,7 +12,8 @@ import logging
 
 import torch
 
-from llm.model import GPTModel, KVCache
+from llm.generate import decode_step, make_cache
+from llm.model import GPTModel
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,7 @@ class GraphedDecodeStep:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {device}")
         self._model = model
-        self.cache = KVCache(model.config, batch_size, dtype=model.final_norm.scale.dtype, device=device)
-        cache = self.cache
+        self.cache = cache = make_cache(model, batch_size, model.config.context_length)
         self._tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
         # Capture writes keys and values at the last position: no query sees it until a step writes it for real.
         self._positions = torch.full((batch_size,), cache.max_len - 1, dtype=torch.long, device=device)
@@ -45,10 +45,7 @@ class GraphedDecodeStep:
             self._logits = self._forward()
 
     def _forward(self) -> torch.Tensor:
-        logits = self._model(
-            self._tokens[:, None], cache=self.cache, input_pos=self._positions[:, None], static=True
-        )  # (B, 1, vocab)
-        return logits[:, -1]
+        return decode_step(self._model, self._tokens, self._positions, self.cache, static=True)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self._tokens.copy_(tokens)

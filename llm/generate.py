@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from llm.cuda_graph import GraphedDecodeStep
 from llm.model import GPTModel, KVCache
 from llm.tokenizer import StreamDecoder, Tokenizer
+
+if TYPE_CHECKING:  # cuda_graph builds on this module's decode_step and make_cache
+    from llm.cuda_graph import GraphedDecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +113,12 @@ def decode_step(
     positions: torch.Tensor,
     cache: KVCache,
     slots: torch.Tensor | None = None,
+    *,
+    static: bool = False,
 ) -> torch.Tensor:
-    """One new token per row: ``tokens`` (B,) at ``positions`` (B,); return next-token logits (B, vocab)."""
-    logits = model(tokens[:, None], cache=cache, input_pos=positions[:, None], slots=slots)  # (B, 1, V)
+    """One new token per row: ``tokens`` (B,) at ``positions`` (B,); return next-token logits (B, vocab).
+    ``static`` makes the step capturable as a CUDA graph (see `GPTModel.forward`)."""
+    logits = model(tokens[:, None], cache=cache, input_pos=positions[:, None], slots=slots, static=static)  # (B,1,V)
     return logits[:, -1]
 
 

@@ -244,9 +244,7 @@ class GPTModel(nn.Module):
         if input_pos.shape != (b, t):
             raise ValueError(f"input_pos must have shape {(b, t)}, got {tuple(input_pos.shape)}")
         if static:
-            key_pos = torch.arange(cache.max_len, device=input_pos.device)
-            mask = key_pos[None, None, :] <= input_pos[:, :, None]  # (B, T, S)
-            return _CacheView(cache, slots, input_pos, cache.max_len), mask[:, None, :, :]  # (B, 1, T, S)
+            return _CacheView(cache, slots, input_pos, cache.max_len), _causal_mask(input_pos, cache.max_len)
         # One host read per forward pass (not per layer): how far into the cache any row of this step can see.
         kv_len = int(input_pos.max()) + 1
         if kv_len > cache.max_len:
@@ -256,10 +254,15 @@ class GPTModel(nn.Module):
         view = _CacheView(cache, slots, input_pos, kv_len)
         if t == 1 and bool((input_pos == kv_len - 1).all()):
             return view, None  # every row is at the newest position: all keys read are visible, no mask needed
-        key_pos = torch.arange(kv_len, device=input_pos.device)
-        mask = key_pos[None, None, :] <= input_pos[:, :, None]  # (B, T, S): a query sees keys up to its position
-        return view, mask[:, None, :, :]  # (B, 1, T, S), broadcast over heads
+        return view, _causal_mask(input_pos, kv_len)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _causal_mask(input_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """(B, 1, T, kv_len), broadcast over heads: a query at position p sees the keys at positions <= p. Built on the
+    device from ``input_pos`` alone, so it needs no host read (a CUDA graph can capture it)."""
+    key_pos = torch.arange(kv_len, device=input_pos.device)
+    return (key_pos[None, None, :] <= input_pos[:, :, None])[:, None, :, :]
