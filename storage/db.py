@@ -10,24 +10,24 @@ writer committed in between, and the busy timeout cannot help.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine.interfaces import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_PATH = Path("data") / "scratchbot.db"
-
-# Longer than any write transaction the bot runs (milliseconds), so a queued writer only fails when something is
-# truly stuck, e.g. another program holding the file open in a transaction.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _READ_ONLY_OPTION = "scratchbot_read_only"
 
@@ -43,7 +43,28 @@ class DatabaseURLError(StorageError, ValueError):
 
 
 class DatabaseUnavailableError(StorageError):
-    """The database cannot be reached or opened: a server down, a wrong host or name, a file that cannot be created."""
+    """The database cannot be reached, opened or written: a server down, hung or unreachable, a wrong host or name, a
+    full or read-only disk, a lock held too long. The message names the cause; the operation did not happen."""
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long any one database wait may take, so a user hears back even when the database hangs."""
+
+    # PostgreSQL: opening a connection (TCP, TLS, authentication). Also how long a request waits for a free
+    # connection of the pool.
+    connect_s: float = 5.0
+    # PostgreSQL: one statement, enforced by the server (statement_timeout) and by the client (a server that stops
+    # answering). SQLite: how long a writer waits for another's lock (the busy timeout); far longer than any write
+    # transaction the bot runs (milliseconds), so it only expires when something is truly stuck.
+    statement_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.connect_s <= 0 or self.statement_s <= 0:
+            raise ValueError(f"database timeouts must be positive, got {self.connect_s} and {self.statement_s}")
+
+
+DEFAULT_TIMEOUTS = DatabaseTimeouts()
 
 
 def sqlite_url(path: Path | str) -> str:
@@ -85,8 +106,15 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def create_engine(url: str | URL, *, connect_args: Mapping[str, Any] | None = None, echo: bool = False) -> AsyncEngine:
-    """An async engine for `url`, set up as the module docstring says. For SQLite, the file's directory is created.
+def create_engine(
+    url: str | URL,
+    *,
+    timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS,
+    connect_args: Mapping[str, Any] | None = None,
+    echo: bool = False,
+) -> AsyncEngine:
+    """An async engine for `url`, set up as the module docstring says, with every wait bounded by `timeouts`. For
+    SQLite, the file's directory is created.
 
     `connect_args` go to the driver, e.g. `{"server_settings": {"search_path": "bot"}}` to keep the bot's tables in
     their own PostgreSQL schema.
@@ -104,15 +132,22 @@ def create_engine(url: str | URL, *, connect_args: Mapping[str, Any] | None = No
                 "Create it, or give a database path that can be written."
             ) from e
         engine = create_async_engine(parsed, connect_args=args, echo=echo)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout_ms=round(timeouts.statement_s * 1000))
     else:
+        args.setdefault("timeout", timeouts.connect_s)  # asyncpg: connecting, authentication included
+        args.setdefault("command_timeout", timeouts.statement_s)  # asyncpg: a server that stops answering
+        statement_ms = str(round(timeouts.statement_s * 1000))  # the server's own limit, for a lock wait
+        args["server_settings"] = {"statement_timeout": statement_ms, **args.get("server_settings", {})}
         try:
             # pool_pre_ping: a PostgreSQL restart must cost a reconnect, not a failed user message.
-            engine = create_async_engine(parsed, connect_args=args, echo=echo, pool_pre_ping=True)
+            engine = create_async_engine(
+                parsed, connect_args=args, echo=echo, pool_pre_ping=True, pool_timeout=timeouts.connect_s
+            )
         except ImportError:
             raise DatabaseURLError(
                 "PostgreSQL needs the asyncpg driver, which is not installed: pip install 'scratchbot[postgres]'"
             ) from None
+        _configure_postgresql(engine)
     log.debug("database engine for %s", parsed.render_as_string(hide_password=True))
     return engine
 
@@ -151,7 +186,73 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await connection.close()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def unavailable_reason(error: BaseException) -> str | None:
+    """Why the database could not be used, when ``error`` says so (down, hung, full, read-only, locked); None when
+    it is not that kind of failure (a constraint, a bug of ours), which must not be reported as an outage."""
+    if isinstance(error, PoolTimeoutError):
+        return "no database connection became free in time"
+    if isinstance(error, TimeoutError):
+        return "the database did not answer in time"
+    if isinstance(error, OSError):
+        return f"cannot connect to the database ({error.strerror or error})"
+    if not isinstance(error, DBAPIError):
+        return None
+    orig = error.orig
+    cause = orig.__cause__ if orig is not None else None
+    if isinstance(cause, TimeoutError):
+        return "the database did not answer in time"
+    if isinstance(orig, sqlite3.Error):
+        return _SQLITE_REASONS.get(_sqlite_code(orig))
+    if error.connection_invalidated:
+        return "the connection to the database was lost"
+    sqlstate = str(getattr(orig, "sqlstate", None) or "")
+    for prefix, reason in _POSTGRES_REASONS:
+        if sqlstate.startswith(prefix):
+            return reason
+    if type(orig).__name__ == "InterfaceError":  # asyncpg: the connection is closed or was never opened
+        return "the connection to the database was lost"
+    return None
+
+
+# SQLite result codes (sqlite3.Error.sqlite_errorname, e.g. SQLITE_READONLY_DBMOVED: the part after "SQLITE_").
+_SQLITE_REASONS = {
+    "READONLY": "the database file is read-only",
+    "FULL": "the disk holding the database is full",
+    "BUSY": "another program holds the database locked",
+    "LOCKED": "another program holds the database locked",
+    "CANTOPEN": "the database file cannot be opened",
+    "IOERR": "the disk holding the database failed to read or write",
+    "PERM": "the database file is not accessible",
+    "CORRUPT": "the database file is damaged",
+    "NOTADB": "the database file is not a SQLite database",
+}
+# PostgreSQL SQLSTATE codes, most specific first.
+_POSTGRES_REASONS = (
+    ("57014", "the database did not answer in time (statement timeout)"),
+    ("25006", "the database is read-only (a standby, or in read-only mode)"),
+    ("53100", "the disk holding the database is full"),
+    ("53300", "the database has no connections left"),
+    ("08", "the connection to the database failed"),
+    ("53", "the database is out of resources"),
+    ("57", "the database is shutting down or not accepting connections"),
+    ("58", "the database server failed to read or write its files"),
+)
+# Errors after which a pooled connection is not worth keeping: the next use opens a new one, so the service
+# recovers by itself once the database is back (a file made writable again, a server restarted or reachable).
+_SQLITE_REPLACE_CONNECTION = ("READONLY", "CANTOPEN", "IOERR", "NOTADB", "CORRUPT")
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A statement the client gave up on (the server hung) leaves the connection mid-protocol: never reuse it.
+        # Without this a rollback would wait on it once more, and the pool would hand it out again.
+        reason = unavailable_reason(context.original_exception)
+        if reason is not None and not isinstance(context.original_exception, PoolTimeoutError):
+            context.is_disconnect = True
+
+
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     # SQLAlchemy's documented recipe ("Serializable isolation / Savepoints / Transactional DDL", aiosqlite variant):
     # take transaction control away from the sqlite3 module, which would otherwise BEGIN late (only before DML) and
     # leave DDL and SAVEPOINTs outside the transaction, and emit BEGIN ourselves.
@@ -162,7 +263,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             # SQLite leaves foreign keys off by default, per connection; ON DELETE CASCADE depends on them.
             cursor.execute("PRAGMA foreign_keys=ON")
             # In WAL mode NORMAL cannot corrupt the database; it can lose the last commits on power loss (not on a
@@ -176,3 +277,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # SQLAlchemy's own AUTOCOMMIT level does not mix with this recipe; reads skip the BEGIN instead.
         if not conn.get_execution_options().get(_READ_ONLY_OPTION):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A connection opened while the file was read-only stays read-only, even after the file is fixed.
+        if _sqlite_code(context.original_exception) in _SQLITE_REPLACE_CONNECTION:
+            context.is_disconnect = True
+
+
+def _sqlite_code(error: BaseException) -> str:
+    """READONLY for SQLITE_READONLY_DBMOVED, FULL for SQLITE_FULL; "" for anything that is not a SQLite error."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name.removeprefix("SQLITE_").split("_")[0] if isinstance(error, sqlite3.Error) else ""

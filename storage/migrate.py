@@ -31,7 +31,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import StorageError, connect, create_engine
+from storage.db import DEFAULT_TIMEOUTS, DatabaseTimeouts, StorageError, connect, create_engine
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ async def upgrade_database(engine: AsyncEngine) -> SchemaUpgrade:
     return result
 
 
-def upgrade_database_at(url: str) -> SchemaUpgrade:
+def upgrade_database_at(url: str, timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS) -> SchemaUpgrade:
     """`upgrade_database` for a URL, from synchronous code (the CLI)."""
 
     async def upgrade() -> SchemaUpgrade:
-        engine = create_engine(url)
+        engine = create_engine(url, timeouts=timeouts)
         try:
             return await upgrade_database(engine)
         finally:

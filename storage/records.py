@@ -27,6 +27,7 @@ __all__ = [
     "RetentionResult",
     "Role",
     "StoredMessage",
+    "UnstorableTextError",
     "audit_record",
     "check_id",
     "check_sha256",
@@ -68,19 +69,29 @@ def check_id(name: str, value: str, *, allow_empty: bool = False) -> str:
     return value
 
 
+class UnstorableTextError(ValueError):
+    """A text no database can store exactly. `reason` says which character, in words a user understands."""
+
+    def __init__(self, reason: str, position: int) -> None:
+        super().__init__(f"message text {reason} (at position {position}), which the database cannot store")
+        self.reason = reason
+        self.position = position
+
+
 def check_text(text: str) -> str:
-    """`text` if every backend can store it exactly; otherwise a ValueError rather than a silently altered text."""
+    """`text` if every backend can store it exactly; otherwise UnstorableTextError rather than a silently altered
+    text."""
     if not isinstance(text, str):
         raise TypeError(f"message text must be a str, got {type(text).__name__}")
     if "\x00" in text:
         # PostgreSQL text cannot hold U+0000; refusing it everywhere keeps SQLite and PostgreSQL alike.
-        raise ValueError("message text contains a NUL character (U+0000), which the database cannot store; remove it")
+        raise UnstorableTextError("contains a NUL character (U+0000)", text.index("\x00"))
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(
-            f"message text is not valid Unicode (a lone surrogate at position {e.start}); "
-            "decode the platform's payload as UTF-8 before storing it"
+        # A lone UTF-16 surrogate: half of an emoji cut off, or bytes that were not UTF-8 (a terminal in Latin-1).
+        raise UnstorableTextError(
+            f"contains an invalid character (a lone surrogate, U+{ord(text[e.start]):04X})", e.start
         ) from None
     return text
 

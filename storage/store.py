@@ -19,7 +19,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from storage.db import DEFAULT_DATABASE_URL, create_engine, single_statement_reads
+from storage.db import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_TIMEOUTS,
+    DatabaseTimeouts,
+    DatabaseUnavailableError,
+    create_engine,
+    single_statement_reads,
+    unavailable_reason,
+)
 from storage.migrate import upgrade_database
 from storage.models import (
     AuditEntry,
@@ -81,9 +89,11 @@ _HISTORY_NEWEST_FIRST = (
 
 
 @asynccontextmanager
-async def open_store(url: str | URL = DEFAULT_DATABASE_URL) -> AsyncIterator[Store]:
+async def open_store(
+    url: str | URL = DEFAULT_DATABASE_URL, timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS
+) -> AsyncIterator[Store]:
     """The start-up path: connect, bring the schema to head (or refuse a newer one), and close the pool at exit."""
-    engine = create_engine(url)
+    engine = create_engine(url, timeouts=timeouts)
     try:
         await upgrade_database(engine)
         yield Store(engine)
@@ -102,7 +112,7 @@ class Store:
     # -- conversations and messages ------------------------------------------------------------------------------
 
     async def get_or_create_conversation(self, key: ConversationKey) -> ConversationRecord:
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             conversation_id, created_at = await self._conversation(session, key)
         return ConversationRecord(id=conversation_id, key=key, created_at=created_at)
 
@@ -134,7 +144,7 @@ class Store:
             "checkpoint_sha256": generation.checkpoint_sha256 if generation else None,
             "sampling": dict(generation.sampling) if generation else None,
         }
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             conversation_id, _ = await self._conversation(session, key)
             row = {**values, "conversation_id": conversation_id}
             inserted = (await session.execute(self._add_message, row)).one_or_none()
@@ -148,7 +158,7 @@ class Store:
         """The newest `limit` turns of the conversation, oldest first (prompt order); [] for an unknown one."""
         if limit < 1:
             raise ValueError(f"history limit must be at least 1, got {limit}")
-        async with self._read_sessions() as session:
+        async with self._read() as session:
             rows = (await session.execute(_HISTORY_NEWEST_FIRST, {**asdict(key), "limit": limit})).all()
         return [message_record(row) for row in reversed(rows)]
 
@@ -157,7 +167,7 @@ class Store:
         in_channel = select(Conversation.id).where(
             Conversation.platform == platform, Conversation.tenant == tenant, Conversation.channel == channel
         )
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             return await _delete(
                 session,
                 delete(Message).where(
@@ -179,7 +189,7 @@ class Store:
 
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
         dms = select(Conversation.id).where(Conversation.platform == platform, is_dm(Conversation))
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
             deleted += await _delete(
                 session,
@@ -195,7 +205,7 @@ class Store:
         number of messages deleted. Direct conversations are separate tenants and are not touched."""
         check_id("tenant", tenant)
         in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
             await _delete_conversation_rows(session, platform, lambda row: row.tenant == tenant)
         log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
@@ -206,7 +216,7 @@ class Store:
         that were created before it. Running it again with the same cutoff deletes nothing more."""
         cutoff = as_utc(cutoff)
         has_messages = exists().where(Message.conversation_id == Conversation.id)
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             result = RetentionResult(
                 messages=await _delete(session, delete(Message).where(Message.created_at < cutoff)),
                 conversations=await _delete(
@@ -221,7 +231,7 @@ class Store:
 
     async def get_channel_settings(self, *, platform: str, tenant: str, channel: str) -> dict[str, Any]:
         """The channel's settings; {} when none were ever set."""
-        async with self._read_sessions() as session:
+        async with self._read() as session:
             row = await session.get(ChannelSetting, (platform, tenant, channel))
             return dict(row.settings) if row is not None else {}
 
@@ -233,7 +243,7 @@ class Store:
         pk = {"platform": check_id("platform", platform), "tenant": check_id("tenant", tenant)}
         pk["channel"] = check_id("channel", channel)
         row_values = {**pk, "updated_by": check_id("updated_by", updated_by), "updated_at": utc_now()}
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             # Create the row if missing, then lock it: without the lock two PostgreSQL transactions would both merge
             # into the same old value and the later commit would drop the other's change.
             await session.execute(
@@ -243,6 +253,24 @@ class Store:
             merged = {k: v for k, v in {**row.settings, **changes}.items() if v is not None}
             row.settings, row.updated_by, row.updated_at = merged, updated_by, row_values["updated_at"]
         return dict(merged)
+
+    async def lower_channel_setting(
+        self, key: str, maximum: int, *, updated_by: str
+    ) -> list[tuple[str, str, str, int]]:
+        """Lower the numeric setting ``key`` to ``maximum`` in every channel where it is stored above it (a reload to
+        a model with a shorter context). Returns (platform, tenant, channel, old value) of each channel changed."""
+        check_id("updated_by", updated_by)
+        lowered: list[tuple[str, str, str, int]] = []
+        async with self._write() as session:
+            rows = await session.scalars(select(ChannelSetting).with_for_update())
+            now = utc_now()
+            for row in rows:
+                old = row.settings.get(key)
+                if isinstance(old, int | float) and not isinstance(old, bool) and old > maximum:
+                    row.settings = {**row.settings, key: maximum}
+                    row.updated_by, row.updated_at = updated_by, now
+                    lowered.append((row.platform, row.tenant, row.channel, old))
+        return lowered
 
     # -- accountability ------------------------------------------------------------------------------------------
 
@@ -257,13 +285,13 @@ class Store:
             succeeded=succeeded,
             detail=check_text(detail),
         )
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             session.add(row)
         return checkpoint_load_record(row)
 
     async def recent_checkpoint_loads(self, limit: int = 20) -> list[CheckpointLoadRecord]:
         """Newest first."""
-        async with self._read_sessions() as session:
+        async with self._read() as session:
             rows = await session.scalars(select(CheckpointLoad).order_by(CheckpointLoad.id.desc()).limit(limit))
             return [checkpoint_load_record(row) for row in rows]
 
@@ -289,7 +317,7 @@ class Store:
             target=check_text(target),
             detail=dict(detail or {}),
         )
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             session.add(row)
         return audit_record(row)
 
@@ -302,7 +330,7 @@ class Store:
             query = query.where(AuditEntry.platform == platform)
         if tenant is not None:
             query = query.where(AuditEntry.tenant == tenant)
-        async with self._read_sessions() as session:
+        async with self._read() as session:
             return [audit_record(row) for row in await session.scalars(query)]
 
     # -- platform event de-duplication ---------------------------------------------------------------------------
@@ -310,7 +338,7 @@ class Store:
     async def mark_event_processed(self, platform: str, event_id: str) -> bool:
         """True the first time an event id is seen, False for every redelivery, across all bot processes."""
         row = {"platform": check_id("platform", platform), "event_id": check_id("event_id", event_id)}
-        async with self._sessions.begin() as session:
+        async with self._write() as session:
             inserted = await session.scalar(
                 self._insert(ProcessedEvent)
                 .values(**row, processed_at=utc_now())
@@ -320,6 +348,17 @@ class Store:
         return inserted is not None
 
     # -- internals -----------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction; a database that cannot be used raises DatabaseUnavailableError (nothing written)."""
+        async with _unavailable_as_error(), self._sessions.begin() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with _unavailable_as_error(), self._read_sessions() as session:
+            yield session
 
     async def _conversation(self, session: AsyncSession, key: ConversationKey) -> tuple[int, datetime]:
         """Get or create; returns the id and creation time. Race-safe: a concurrent creator makes our insert a no-op
@@ -331,6 +370,27 @@ class Store:
             await session.execute(self._create_conversation, {**params, "created_at": utc_now()})
             row = (await session.execute(_FIND_CONVERSATION, params)).one()
         return row.id, row.created_at
+
+
+@asynccontextmanager
+async def _unavailable_as_error() -> AsyncIterator[None]:
+    """Turn the driver's many ways of saying "the database cannot be used" into one DatabaseUnavailableError, so
+    callers can tell an outage (tell the user, try again later) from a bug (a constraint, a wrong query)."""
+    try:
+        yield
+    except DatabaseUnavailableError:
+        raise
+    except Exception as e:
+        reason = unavailable_reason(e)
+        if reason is None:
+            raise
+        log.warning("database unavailable: %s (%s: %s)", reason, type(e).__name__, _first_line(e))
+        raise DatabaseUnavailableError(reason) from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 async def _delete(session: AsyncSession, statement: Delete) -> int:

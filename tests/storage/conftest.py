@@ -11,14 +11,17 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import create_engine, sqlite_url
+from storage.db import DEFAULT_TIMEOUTS, DatabaseTimeouts, create_engine, sqlite_url
 from storage.migrate import upgrade_database
 from storage.store import Store
+from tests.fault_proxy import FaultProxy
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +54,52 @@ async def make_engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine
         finally:
             await engine.dispose()
         return
+    async with postgres_schema() as (url, schema):
+        engine = create_engine(url, connect_args={"server_settings": {"search_path": schema}})
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[tuple[str, str]]:
+    """The test server's URL and a schema of this test's own, dropped afterwards."""
     url = postgres_url_or_skip()
     schema = f"scratchbot_test_{uuid.uuid4().hex[:16]}"
     admin = create_engine(url)
     try:
         async with admin.begin() as connection:
             await connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        engine = create_engine(url, connect_args={"server_settings": {"search_path": schema}})
         try:
-            yield engine
+            yield url, schema
         finally:
-            await engine.dispose()
             async with admin.begin() as connection:
                 await connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         await admin.dispose()
+
+
+@asynccontextmanager
+async def postgres_behind_proxy(
+    timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS,
+) -> AsyncIterator[tuple[FaultProxy, Store]]:
+    """A migrated store on the test server, reached through a `FaultProxy` the test can break at will."""
+    async with postgres_schema() as (url, schema), FaultProxy(*_host_and_port(url)) as proxy:
+        through_proxy = make_url(url).set(host="127.0.0.1", port=proxy.port)
+        engine = create_engine(
+            through_proxy, timeouts=timeouts, connect_args={"server_settings": {"search_path": schema}}
+        )
+        try:
+            await upgrade_database(engine)
+            yield proxy, Store(engine)
+        finally:
+            await engine.dispose()
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    parsed = make_url(url)
+    return parsed.host or "127.0.0.1", parsed.port or 5432
 
 
 @pytest.fixture(params=BACKENDS)

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import DEFAULT_DATABASE_URL, DatabaseURLError, create_engine, normalize_url, sqlite_url
+from storage.db import (
+    DEFAULT_DATABASE_URL,
+    DatabaseTimeouts,
+    DatabaseURLError,
+    create_engine,
+    normalize_url,
+    sqlite_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +52,7 @@ def test_the_default_database_is_a_file_under_data() -> None:
 
 async def test_sqlite_creates_the_data_directory_and_sets_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
     path = tmp_path / "not" / "yet" / "there.db"
-    engine: AsyncEngine = create_engine(sqlite_url(path))
+    engine: AsyncEngine = create_engine(sqlite_url(path), timeouts=DatabaseTimeouts(statement_s=2.5))
     try:
         assert path.parent.is_dir()
         async with engine.connect() as connection:
@@ -53,7 +60,7 @@ async def test_sqlite_creates_the_data_directory_and_sets_wal_busy_timeout_and_f
                 (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
                 for name in ("journal_mode", "busy_timeout", "foreign_keys")
             ]
-        assert pragmas == ["wal", 30_000, 1]
+        assert pragmas == ["wal", 2_500, 1]  # the busy timeout is the statement timeout setting
         assert path.is_file()
     finally:
         await engine.dispose()
