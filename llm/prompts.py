@@ -25,11 +25,23 @@ RESPONSE_HEADER = "\n\n### Response:\n"
 # A generated answer ends where the model opens a new section.
 RESPONSE_STOPS = ("\n###", "###")
 
-_SECTION_LINE = re.compile(r"^([ \t]*)#{3,}", re.MULTILINE)
+# Every character that ends a line somewhere: what str.splitlines() splits on, not only "\n". A tokenizer, a model or
+# a later reader may take any of them for a line break.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+# What may stand invisibly between a line break and "###": any Unicode space (\s: tabs, no-break and ideographic
+# spaces, ...) and every format character (Unicode category Cf: zero-width spaces and joiners, bidirectional marks,
+# the BOM, soft hyphen, tags, ...), listed by range as of Unicode 14.
+_INVISIBLE = (
+    r"\s\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+_SECTION_LINE = re.compile(rf"(?:\A|(?<=[{LINE_BREAKS}]))([{_INVISIBLE}]*)#{{3,}}")
 
 
 def neutralize(text: str) -> str:
-    """User text with every line-leading ``###`` demoted to ``##`` so it cannot open a template section."""
+    """User text with every ``###`` that opens a line (after any line break and any invisible spacing) demoted to
+    ``##``, so it cannot open a template section."""
     return _SECTION_LINE.sub(r"\1##", text)
 
 
@@ -65,6 +77,9 @@ def clean_response(text: str) -> str:
 
 
 TRUNCATION_MARKER = " […message cut to fit…]"
+# Room a prompt keeps for the user's own words, whatever the answer's length asks for: less would cut every message
+# to a few words, and an answer to nothing is not an answer.
+MIN_MESSAGE_TOKENS = 32
 
 
 class Encoder(Protocol):
@@ -86,6 +101,23 @@ class RenderedPrompt:
     kept_turns: int  # earlier turns that fit, newest first
     dropped_turns: int  # earlier turns left out for the budget, oldest first
     truncated: bool  # the newest instruction or input was cut, with TRUNCATION_MARKER
+
+
+def template_tokens(encoder: Encoder, instruction: str = "", input_text: str = "") -> int:
+    """Tokens of a single-turn prompt: the template (preamble, sections) around ``instruction`` and ``input_text``.
+    With both empty it is the template alone, with an input section, as the longest template prompts use."""
+    return len(encoder.encode(PREAMBLE + _final_text(instruction, input_text or " ")))
+
+
+def min_prompt_tokens(encoder: Encoder) -> int:
+    """The smallest prompt worth sending: the template and room for a short message."""
+    return template_tokens(encoder) + MIN_MESSAGE_TOKENS
+
+
+def max_new_tokens_limit(context_length: int, encoder: Encoder) -> int:
+    """The largest answer length a model of ``context_length`` can serve while keeping `min_prompt_tokens` for the
+    prompt. A `max_new_tokens` above it would leave every prompt cut to nothing; below 1, the model is too small."""
+    return context_length - min_prompt_tokens(encoder)
 
 
 def _turn_text(turn: Turn) -> str:
