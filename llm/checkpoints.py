@@ -7,8 +7,10 @@ config before the tensors are assigned to a model built on the meta device; a ba
 
 - ``book``: ``torch.save`` of the book's ``state_dict`` (``gpt2-medium355M-sft.pth``), written with the ``att.mask``
   buffers the book's strict ``load_state_dict`` wants; read with or without them, with or without the
-  ``_orig_mod.``/``module.`` prefixes, bare or inside chapter 5's ``{"model_state_dict": ...}``. It records no config:
-  the head count is inferred (`llm.config.infer_config`) unless ``n_heads`` is given.
+  ``_orig_mod.``/``module.`` prefixes, bare or inside chapter 5's ``{"model_state_dict": ...}``. The file records no
+  config, and its shapes do not tell the head count; so the book's ``GPT_CONFIG`` is written beside it as
+  ``<name>.json`` and read back from there. Without that file the head count is ``n_heads``, or that of the GPT-2
+  size with exactly these shapes, or the load is refused (`llm.config.infer_config`): never a guess.
 - ``safetensors``: the book's names plus metadata (config as JSON, sha256 of the file it was converted from).
 - ``hf``: a directory ``GPT2LMHeadModel.from_pretrained`` loads (``config.json`` + ``model.safetensors``); read also
   from ``pytorch_model.bin`` or a bare weights file. The name table is in `llm.hf_layout`.
@@ -23,7 +25,7 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm import hf_layout
-from llm.config import ConfigError, GPTConfig, infer_config
+from llm.config import ConfigError, GPTConfig, UnknownHeadCountError, infer_config
 from llm.model import GPTModel
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ LAYOUT_KEY, LAYOUT = "scratchbot.layout", "gpt-book-names/1"  # the book's tenso
 CONFIG_KEY = "scratchbot.config"  # GPTConfig as JSON
 SOURCE_SHA256_KEY = "scratchbot.source_sha256"  # sha256 of the file a conversion read
 SOURCE_FORMAT_KEY = "scratchbot.source_format"
+
+# The book's GPT_CONFIG, as chapter 4 spells it: what `<name>.json` beside a book `.pth` holds.
+BOOK_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
 
 _MASK_BUFFER = re.compile(r"^trf_blocks\.\d+\.att\.mask$")  # the book's constant causal mask; we never keep it
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
@@ -154,8 +159,23 @@ def save_checkpoint(
         else:
             book = _with_book_masks(_for_file(state_dict), config)
             _write_atomically(path, lambda tmp: torch.save(book, tmp))
+            book_config = json.dumps({k: config.to_dict()[k] for k in BOOK_CONFIG_KEYS}, indent=2) + "\n"
+            _write_atomically(book_config_path(path), lambda tmp: tmp.write_text(book_config))
     log.info("saved %s checkpoint %s (%s)", format, path, _describe(config))
     return path
+
+
+def book_config_path(path: str | os.PathLike[str]) -> Path:
+    """Where the config of a book ``.pth`` lives: beside it, ``<name>.json`` (the book's GPT_CONFIG keys)."""
+    return Path(path).with_suffix(".json")
+
+
+def written_paths(path: str | os.PathLike[str], format: str) -> list[Path]:
+    """The files `save_checkpoint` writes for ``path`` in ``format`` (to refuse overwriting them)."""
+    path = Path(path)
+    if format == "hf":
+        return [path / "model.safetensors", path / "config.json"]
+    return [path, book_config_path(path)] if format == "book" else [path]
 
 
 def convert_checkpoint(
@@ -244,28 +264,46 @@ def _read(path: Path, n_heads: int | None) -> _Read:
         raise CheckpointError(f"{weights} has layout {metadata[LAYOUT_KEY]!r}, unknown here; upgrade scratchbot")
     saved = _config_from_metadata(metadata, weights)
     origin: dict[str, str] = {}
+    recorded_heads: tuple[int, str] | None = None  # what the file (or a file beside it) says, and where
+    if saved is not None:
+        recorded_heads = saved.n_heads, "its metadata"
     if hf_layout.is_hf_layout(tensors):
         fmt = "hf"
         hf_config = _read_json(config_json) if config_json else {}
         if problems := hf_layout.check_hf_config(hf_config):
             raise CheckpointError(f"{config_json} describes a model unlike GPT-2: {'; '.join(problems)}")
         state_dict, origin = hf_layout.hf_to_book(tensors)
-        if n_heads is None and saved is None:
-            n_heads = hf_config.get("n_head", hf_config.get("num_attention_heads"))
+        heads = hf_config.get("n_head", hf_config.get("num_attention_heads"))
+        if saved is None and heads is not None:
+            recorded_heads = _heads(heads, config_json), str(config_json)
     elif "tok_emb.weight" in tensors:
         fmt = "safetensors" if container == "safetensors" else "book"
         state_dict = {k: v for k, v in tensors.items() if not _MASK_BUFFER.match(k)}
+        if fmt == "book" and (sidecar := book_config_path(weights)).is_file():
+            book = _read_json(sidecar)
+            if "n_heads" not in book:
+                raise CheckpointError(f"{sidecar} has no n_heads; write the book's GPT_CONFIG there (n_heads: ...)")
+            recorded_heads = _heads(book["n_heads"], sidecar), str(sidecar)
+            saved = _book_config(book, state_dict, sidecar)
     else:
         raise CheckpointError(
             f"{weights} is not a GPT-2 checkpoint: it has neither tok_emb.weight (the book's names) nor wte.weight "
             f"(Hugging Face's); its first tensors are {', '.join(list(tensors)[:3]) or 'none'}"
         )
+    if n_heads is not None and recorded_heads is not None and int(n_heads) != recorded_heads[0]:
+        raise CheckpointError(
+            f"{weights}: {recorded_heads[1]} says {recorded_heads[0]} attention heads, but {n_heads} were asked for; "
+            "leave the head count out (the file's own is used) or fix the file"
+        )
+    heads = int(n_heads) if n_heads is not None else recorded_heads[0] if recorded_heads is not None else None
     try:
-        if saved is not None:
-            config = saved if n_heads is None else replace(saved, n_heads=int(n_heads))
-        else:
-            config = infer_config(state_dict, None if n_heads is None else int(n_heads))
-    except (ValueError, TypeError) as e:  # ConfigError, or a head count in config.json that is not a number
+        config = saved if saved is not None else infer_config(state_dict, heads)
+    except UnknownHeadCountError as e:
+        raise CheckpointError(
+            f"{weights}: {e}. Give the head count (--n-heads N), or write {book_config_path(weights).name} beside "
+            "it with the book's GPT_CONFIG ('scratchbot convert SRC DST --format book --n-heads N' writes both)"
+        ) from e
+    except (ValueError, TypeError) as e:  # ConfigError: not a GPT state dict, or heads that do not divide the width
         raise CheckpointError(f"{weights}: {e}") from e
     if fmt == "hf" and not config.qkv_bias:
         _drop_zero_qkv_biases(state_dict, weights)  # exported by us from a model without q/k/v biases
@@ -365,6 +403,29 @@ def _config_from_metadata(metadata: Mapping[str, str], file: Path) -> GPTConfig 
         raise CheckpointError(f"{file}: the config in its metadata is unreadable ({e}); export it again") from e
 
 
+def _heads(value: object, source: Path | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: the head count {value!r} is not a positive whole number; fix the file")
+    return value
+
+
+def _book_config(book: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], file: Path) -> GPTConfig:
+    """The config a ``<name>.json`` gives, checked against the tensors it describes."""
+    try:
+        from_tensors = infer_config(state_dict, _heads(book["n_heads"], file))
+        config = GPTConfig.from_dict({**from_tensors.to_dict(), **{k: book[k] for k in BOOK_CONFIG_KEYS if k in book}})
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{file}: {e}") from e
+    differs = [
+        f"{k} {getattr(config, k)} (the tensors have {getattr(from_tensors, k)})"
+        for k in ("vocab_size", "context_length", "emb_dim", "n_layers", "qkv_bias")
+        if getattr(config, k) != getattr(from_tensors, k)
+    ]
+    if differs:
+        raise CheckpointError(f"{file} does not describe {file.with_suffix('').name}'s tensors: {', '.join(differs)}")
+    return config
+
+
 def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -426,16 +487,24 @@ def _with_book_masks(state_dict: Mapping[str, torch.Tensor], config: GPTConfig) 
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write beside ``path`` and rename over it, so a reader (the checkpoint watcher) never sees half a file."""
+    """Write beside ``path`` and rename over it, so a reader (the checkpoint watcher) never sees half a file. The
+    file gets the usual permissions (0644 under the common umask): safetensors alone would leave it 0600."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check the path and free space") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _config_json(config: GPTConfig) -> str:

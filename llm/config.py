@@ -15,6 +15,10 @@ class ConfigError(ValueError):
     """A configuration asked for by a user (a preset name, a checkpoint's shapes) is not usable."""
 
 
+class UnknownHeadCountError(ConfigError):
+    """A state dict's shapes do not tell its number of attention heads, and nobody said it."""
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 50257  # GPT-2's BPE vocabulary, <|endoftext|> = 50256 included
@@ -79,18 +83,22 @@ PRESET_ALIASES = {
     "1558M": "gpt2-xl",
 }
 
-# Head width of every GPT-2 size is 64; a checkpoint does not record n_heads, so it is inferred from this.
-GPT2_HEAD_DIM = 64
-
 _BLOCK_INDEX = re.compile(r"^trf_blocks\.(\d+)\.")
+_GPT2_SHAPE = {"vocab_size": 50257, "context_length": 1024}  # every size OpenAI published has these
+
+
+def _has_shape(preset: Mapping[str, Any], shape: Mapping[str, int]) -> bool:
+    full = {**_GPT2_SHAPE, **preset}
+    return all(int(shape[k]) == full[k] for k in shape)
 
 
 def infer_config(state_dict: Mapping[str, Any], n_heads: int | None = None) -> GPTConfig:
     """Read a `GPTConfig` off the shapes of a state dict in this project's (the book's) parameter names.
 
     Vocabulary, context length, width, depth and whether q/k/v have biases are all visible in the tensors.
-    The number of heads is not (it only splits a matrix); it is taken from ``n_heads`` when given, else from the
-    preset of the same width, else from GPT-2's head width of 64.
+    The number of heads is not (it only splits a matrix, and any divisor of the width fits): it is ``n_heads`` when
+    given, else that of the GPT-2 size whose every shape the tensors have (OpenAI's published models, the book's
+    `.pth` files), else `UnknownHeadCountError`. A guess would load a different model without a word.
     """
     try:
         vocab_size, emb_dim = state_dict["tok_emb.weight"].shape
@@ -104,10 +112,13 @@ def infer_config(state_dict: Mapping[str, Any], n_heads: int | None = None) -> G
     if layers != set(range(n_layers)):
         raise ConfigError(f"transformer blocks are not numbered 0..{n_layers - 1}: {sorted(layers)}")
     if n_heads is None:
-        same_width = [p["n_heads"] for p in PRESETS.values() if p["emb_dim"] == emb_dim]
-        n_heads = same_width[0] if same_width else max(1, emb_dim // GPT2_HEAD_DIM)
-        if emb_dim % n_heads != 0:
-            raise ConfigError(f"cannot infer the number of heads for width {emb_dim}; pass n_heads explicitly")
+        shape = {"vocab_size": vocab_size, "context_length": context_length, "emb_dim": emb_dim, "n_layers": n_layers}
+        n_heads = next((p["n_heads"] for p in PRESETS.values() if _has_shape(p, shape)), None)
+        if n_heads is None:
+            raise UnknownHeadCountError(
+                f"its tensors do not tell the number of attention heads (width {emb_dim}, {n_layers} layers, "
+                f"context {context_length}: no GPT-2 size), and a wrong guess would change the model"
+            )
     qkv_bias = "trf_blocks.0.att.W_query.bias" in state_dict
     return GPTConfig(
         vocab_size=int(vocab_size),

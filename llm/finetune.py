@@ -40,6 +40,7 @@ class FinetuneConfig:
     data: Path  # Alpaca-format JSON or JSONL; split 85/10/5 in file order
     out: Path  # the safetensors checkpoint to write; plot and history land next to it
     checkpoint: Path | None = None  # start from these weights (any format load_checkpoint reads) ...
+    n_heads: int | None = None  # ... whose head count, if the checkpoint does not record it
     init: str | None = None  # ... or from a fresh random model of this preset (gpt2-small, ...)
     shape: dict[str, int] = field(default_factory=dict)  # overrides of the preset's emb_dim/n_layers/...
     drop_rate: float = 0.0  # the book finetunes without dropout
@@ -166,7 +167,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 def build_model(config: FinetuneConfig, device: str) -> GPTModel:
     """The starting model in fp32: a checkpoint's weights, or a preset (with shape overrides) freshly initialised."""
     if config.checkpoint is not None:
-        loaded = load_checkpoint(config.checkpoint, dtype=torch.float32)
+        loaded = load_checkpoint(config.checkpoint, dtype=torch.float32, n_heads=config.n_heads)
         model = GPTModel(replace(loaded.config, drop_rate=config.drop_rate))
         model.load_state_dict(loaded.model.state_dict())  # a private copy: the loaded tensors may be memory-mapped
         return model.to(device)

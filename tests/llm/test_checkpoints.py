@@ -24,13 +24,15 @@ from llm.checkpoints import (
     load_state_dict,
     save_checkpoint,
 )
-from llm.config import GPTConfig
+from llm.config import GPTConfig, UnknownHeadCountError, infer_config
 from llm.model import GPTModel
 from tests.llm.book_reference import BookGPTModel
 from tests.llm.conftest import make_model
 
-# Head width 64, as every GPT-2 size: a book file (which records no config) reads back with the same head count.
 CONFIG = GPTConfig(vocab_size=97, context_length=16, emb_dim=128, n_heads=2, n_layers=2)
+# A bare state dict (torch.save of model.state_dict(), as the book's own code writes) records no config: the head count
+# is given, as a user does with --n-heads.
+HEADS = CONFIG.n_heads
 
 
 def random_model(config: GPTConfig = CONFIG, seed: int = 0, *, tied: bool = False) -> GPTModel:
@@ -158,7 +160,7 @@ def test_book_state_dict_loads_with_or_without_masks_and_wrapper_prefixes(tmp_pa
     state_dict = book_state_dict(model) if with_masks else model.state_dict()
     torch.save({prefix + k: v for k, v in state_dict.items()}, tmp_path / "model.pth")
 
-    loaded = load_checkpoint(tmp_path / "model.pth")
+    loaded = load_checkpoint(tmp_path / "model.pth", n_heads=HEADS)
 
     assert (loaded.format, loaded.config) == ("book", CONFIG)
     assert_same_tensors(model.state_dict(), loaded.model.state_dict())
@@ -173,7 +175,7 @@ def test_chapter5_training_checkpoint_with_optimizer_state_loads(tmp_path):
         {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, tmp_path / "m.pth"
     )
 
-    loaded = load_checkpoint(tmp_path / "m.pth")
+    loaded = load_checkpoint(tmp_path / "m.pth", n_heads=HEADS)
 
     assert_same_tensors(model.state_dict(), loaded.model.state_dict())
 
@@ -181,7 +183,8 @@ def test_chapter5_training_checkpoint_with_optimizer_state_loads(tmp_path):
 def test_legacy_non_zip_torch_file_loads(tmp_path):
     torch.save(random_model().state_dict(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
 
-    assert_same_tensors(random_model().state_dict(), load_checkpoint(tmp_path / "old.pth").model.state_dict())
+    loaded = load_checkpoint(tmp_path / "old.pth", n_heads=HEADS)
+    assert_same_tensors(random_model().state_dict(), loaded.model.state_dict())
 
 
 def test_format_is_detected_from_content_not_extension(tmp_path):
@@ -192,12 +195,97 @@ def test_format_is_detected_from_content_not_extension(tmp_path):
     assert load_checkpoint(tmp_path / "model.safetensors").format == "book"
 
 
-def test_n_heads_can_be_given_for_a_book_file_of_unusual_head_width(tmp_path):
+def test_a_book_file_without_its_config_is_refused_unless_the_head_count_is_given(tmp_path):
     config = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=1)
+    torch.save(random_model(config).state_dict(), tmp_path / "m.pth")  # the book's way: no config anywhere
+
+    with pytest.raises(CheckpointError, match=r"number of attention heads.*--n-heads N.*m\.json") as refused:
+        load_checkpoint(tmp_path / "m.pth")
+    assert "width 32, 1 layers, context 16" in str(refused.value)
+    assert load_checkpoint(tmp_path / "m.pth", n_heads=4).config == config
+    for other in (1, 2):  # what a guess from the width would have given: another model, with other outputs
+        assert load_checkpoint(tmp_path / "m.pth", n_heads=other).config.n_heads == other
+
+
+def test_the_book_format_writes_its_config_beside_the_file_and_reads_it_back(tmp_path):
+    config = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=1, drop_rate=0.1)
     path = save_checkpoint(random_model(config), tmp_path / "m.pth", "book")
 
-    assert load_checkpoint(path).config.n_heads == 1  # head width 64 is GPT-2's; 32 wide means one head
-    assert load_checkpoint(path, n_heads=4).config == config
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written == {
+        "vocab_size": 97,
+        "context_length": 16,
+        "emb_dim": 32,
+        "n_heads": 4,
+        "n_layers": 1,
+        "drop_rate": 0.1,
+        "qkv_bias": True,
+    }  # the book's GPT_CONFIG keys, so its own code can build the model from it
+    assert load_checkpoint(path).config == config
+    with pytest.raises(CheckpointError, match=r"m\.json says 4 attention heads, but 2 were asked for"):
+        load_checkpoint(path, n_heads=2)
+
+
+def test_a_config_beside_a_book_file_that_does_not_fit_its_tensors_is_refused(tmp_path):
+    path = save_checkpoint(random_model(), tmp_path / "m.pth", "book")
+    (tmp_path / "m.json").write_text(json.dumps({**CONFIG.to_dict(), "emb_dim": 64}))
+    with pytest.raises(CheckpointError, match=r"does not describe m's tensors: emb_dim 64 \(the tensors have 128\)"):
+        load_checkpoint(path)
+    (tmp_path / "m.json").write_text(json.dumps({"n_heads": "four"}))
+    with pytest.raises(CheckpointError, match="not a positive whole number"):
+        load_checkpoint(path)
+
+
+def test_only_the_exact_shape_of_a_gpt2_size_tells_its_head_count() -> None:
+    def shapes(vocab: int, context: int, width: int, layers: int) -> dict[str, torch.Tensor]:
+        meta = {"tok_emb.weight": (vocab, width), "pos_emb.weight": (context, width)}
+        meta |= {f"trf_blocks.{i}.att.W_query.weight": (width, width) for i in range(layers)}
+        return {k: torch.empty(v, device="meta") for k, v in meta.items()}
+
+    assert infer_config(shapes(50257, 1024, 1024, 24)).n_heads == 16  # gpt2-medium, e.g. the book's SFT .pth
+    assert infer_config(shapes(50257, 1024, 1600, 48)).n_heads == 25  # gpt2-xl
+    for not_gpt2 in (shapes(50257, 1024, 1024, 12), shapes(50257, 512, 768, 12), shapes(97, 1024, 768, 12)):
+        with pytest.raises(UnknownHeadCountError):
+            infer_config(not_gpt2)
+    assert infer_config(shapes(50257, 512, 768, 12), n_heads=6).n_heads == 6
+
+
+def test_the_bundled_demo_model_survives_every_format_with_identical_logits(tmp_path):
+    """Its width (256, 4 heads) is no GPT-2 size: the case a head count read from the width got wrong."""
+    from llm.assets import DEMO_CHECKPOINT
+
+    original = load_checkpoint(DEMO_CHECKPOINT)
+    assert original.config.n_heads == 4 and original.config.preset_name() is None
+    ids = torch.tensor([[464, 3290, 318, 257, 1332, 286, 262, 4067]])
+    with torch.no_grad():
+        expected = original.model(ids)
+    src = DEMO_CHECKPOINT
+    chain = [("book", tmp_path / "a.pth"), ("hf", tmp_path / "b"), ("book", tmp_path / "c.pth")]
+    chain += [("safetensors", tmp_path / "d.safetensors"), ("hf", tmp_path / "e"), ("safetensors", tmp_path / "f")]
+    for fmt, dst in chain:
+        convert_checkpoint(src, dst, fmt)
+        loaded = load_checkpoint(dst)
+        assert loaded.config == original.config, fmt
+        with torch.no_grad():
+            assert torch.equal(loaded.model(ids), expected), fmt
+        src = dst
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        for fmt, dst in [
+            ("safetensors", tmp_path / "m.safetensors"),
+            ("book", tmp_path / "m.pth"),
+            ("hf", tmp_path / "h"),
+        ]:
+            save_checkpoint(random_model(), dst, fmt)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "m.safetensors", tmp_path / "m.pth", tmp_path / "m.json", *(tmp_path / "h").iterdir()]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o644" for f in files}
 
 
 # ------------------------------------------------------------------------------------------- Hugging Face layout
@@ -226,8 +314,8 @@ def test_hf_pytorch_model_bin_with_old_attention_buffers_loads(tmp_path, body_pr
     (tmp_path / "hf").mkdir()
     torch.save(tensors, tmp_path / "hf" / "pytorch_model.bin")
 
-    for path in (tmp_path / "hf", tmp_path / "hf" / "pytorch_model.bin"):
-        loaded = load_checkpoint(path)
+    for path in (tmp_path / "hf", tmp_path / "hf" / "pytorch_model.bin"):  # no config.json: the heads are given
+        loaded = load_checkpoint(path, n_heads=HEADS)
         assert (loaded.format, loaded.config) == ("hf", CONFIG)
         assert_same_tensors(model.state_dict(), loaded.model.state_dict())
 
@@ -257,7 +345,7 @@ def test_hf_tensor_of_wrong_shape_is_named_by_its_hf_name(tmp_path):
     torch.save(tensors, tmp_path / "pytorch_model.bin")
 
     with pytest.raises(CheckpointError, match=r"h\.1\.mlp\.c_fc\.weight.*\(128, 512\)") as error:
-        load_checkpoint(tmp_path / "pytorch_model.bin")
+        load_checkpoint(tmp_path / "pytorch_model.bin", n_heads=HEADS)
     assert "trf_blocks.1.ff.layers.0.weight" in str(error.value)
 
 
@@ -368,7 +456,7 @@ def test_tensor_of_wrong_shape_is_named_with_both_shapes(tmp_path):
     with pytest.raises(
         CheckpointError, match=r"trf_blocks\.1\.ff\.layers\.0\.weight has shape \(100, 128\).*\(512, 128\)"
     ):
-        load_checkpoint(tmp_path / "m.pth")
+        load_checkpoint(tmp_path / "m.pth", n_heads=HEADS)
 
 
 def test_missing_tensor_is_named(tmp_path):
@@ -377,7 +465,7 @@ def test_missing_tensor_is_named(tmp_path):
     torch.save(state_dict, tmp_path / "m.pth")
 
     with pytest.raises(CheckpointError, match=r"lacks 1 tensor.*trf_blocks\.1\.norm2\.shift"):
-        load_checkpoint(tmp_path / "m.pth")
+        load_checkpoint(tmp_path / "m.pth", n_heads=HEADS)
 
 
 def test_unexpected_tensor_is_named(tmp_path):
@@ -386,7 +474,7 @@ def test_unexpected_tensor_is_named(tmp_path):
     torch.save(state_dict, tmp_path / "m.pth")
 
     with pytest.raises(CheckpointError, match=r"does not use.*rotary\.freqs"):
-        load_checkpoint(tmp_path / "m.pth")
+        load_checkpoint(tmp_path / "m.pth", n_heads=HEADS)
 
 
 def test_missing_block_is_reported(tmp_path):
