@@ -18,8 +18,13 @@ class AdminPolicy:
         self._admins = {platform: frozenset(ids) for platform, ids in admins.items()}
         self._trusted = frozenset(trusted_platforms)  # the local terminal's user started the process
 
+    def is_operator(self, platform: str, *, is_owner: bool = False) -> bool:
+        """The person who runs the bot: the local terminal's user, or the application's owner as the platform says.
+        The bot's own limits (the per-user rate limit) do not apply to them."""
+        return platform in self._trusted or is_owner
+
     def is_admin(self, platform: str, tenant: str, user_id: str, *, is_owner: bool = False) -> bool:
-        if platform in self._trusted or is_owner:
+        if self.is_operator(platform, is_owner=is_owner):
             return True
         ids = self._admins.get(platform, frozenset())
         return user_id in ids or f"{tenant}:{user_id}" in ids

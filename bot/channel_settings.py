@@ -1,13 +1,21 @@
-"""Per-channel settings an admin may change with `settings KEY VALUE`: parsed, validated, merged with defaults."""
+"""Per-channel settings an admin may change with `settings KEY VALUE`: parsed, validated, merged with defaults,
+and read through a short cache (they are read on every message and change rarely)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from storage.store import Store
+
 log = logging.getLogger(__name__)
+
+# Other bot processes' changes show within this many seconds.
+SETTINGS_TTL_S = 10.0
+_CACHE_LIMIT = 10_000  # channels remembered at once, in a bot that sits in very many channels
 
 RESET_WORDS = ("default", "reset")
 OFF_WORDS = ("off", "none")
@@ -31,6 +39,13 @@ class ChannelConfig:
     def with_stored(self, stored: Mapping[str, Any]) -> ChannelConfig:
         known = {k: v for k, v in stored.items() if k in SETTINGS}
         return ChannelConfig(**{**self.__dict__, **known})
+
+    def fitted(self, max_new_tokens_limit: int) -> ChannelConfig:
+        """This config with the answer length lowered to what the serving model's context allows: a value stored
+        for a larger model (or a default above it) must not make every message of a channel fail."""
+        if self.max_new_tokens <= max_new_tokens_limit:
+            return self
+        return replace(self, max_new_tokens=max(1, max_new_tokens_limit))
 
     def sampling(self) -> dict[str, Any]:
         return {
@@ -97,3 +112,41 @@ def describe(config: ChannelConfig, stored: Mapping[str, Any]) -> str:
         origin = "" if key in stored else " (default)"
         lines.append(f"{key} = {shown}{origin}: {help_text}")
     return "\n".join(lines)
+
+
+ChannelKey = tuple[str, str, str]  # platform, tenant, channel
+
+
+class ChannelSettings:
+    """The stored settings of each channel, read through a cache that lives `SETTINGS_TTL_S` seconds."""
+
+    def __init__(self, store: Store, *, ttl_s: float = SETTINGS_TTL_S) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._cache: dict[ChannelKey, tuple[float, dict[str, Any]]] = {}
+
+    async def get(self, key: ChannelKey) -> dict[str, Any]:
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        platform, tenant, channel = key
+        stored = await self._store.get_channel_settings(platform=platform, tenant=tenant, channel=channel)
+        self.remember(key, stored)
+        return stored
+
+    async def update(self, key: ChannelKey, changes: Mapping[str, Any], updated_by: str) -> dict[str, Any]:
+        platform, tenant, channel = key
+        merged = await self._store.update_channel_settings(
+            platform=platform, tenant=tenant, channel=channel, changes=changes, updated_by=updated_by
+        )
+        self.remember(key, merged)
+        return merged
+
+    def remember(self, key: ChannelKey, stored: dict[str, Any]) -> None:
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self._ttl_s, stored)
+
+    def forget_all(self) -> None:
+        """Drop every cached value (after a change made behind the cache's back, e.g. a clamp on reload)."""
+        self._cache.clear()

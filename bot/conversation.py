@@ -11,29 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.adapters.base import SUMMARIZE_MAX, Incoming, Reply, summarize_count, translate_args
+from bot.admin import AdminCommands, ReloadResult
 from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig, SettingError, describe, parse_setting
-from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
-from bot.generation import GenerationFailed, GenerationTimeout, Generator, GeneratorBusy, ModelInfo, ReloadFailed
+from bot.channel_settings import ChannelConfig, ChannelSettings
+from bot.generation import GenerationFailed, GenerationTimeout, Generator, GeneratorBusy
 from bot.ratelimit import RateLimiter
 from llm.generate import SamplingParams
-from llm.prompts import RESPONSE_STOPS, RenderedPrompt, Turn, clean_response, render_conversation
+from llm.prompts import RESPONSE_STOPS, RenderedPrompt, Turn, clean_response, render_conversation, template_tokens
 from llm.tokenizer import Tokenizer
-from storage.records import ConversationKey, Generation, Role, StoredMessage
+from storage.db import DatabaseUnavailableError
+from storage.records import ConversationKey, Generation, Role, StoredMessage, UnstorableTextError
 from storage.store import Store
 
 log = logging.getLogger(__name__)
 
 BUSY = "I'm busy with other people's questions right now; please try again in a moment."
 TIMEOUT = "That took too long, so I stopped. Try a shorter question, or ask for a shorter answer."
-FAILED = "Sorry, something went wrong on my side. Your message is saved; please try again."
-NOT_ADMIN = "Sorry, only the bot's admins can do that: it changes the bot for everyone."
+FAILED = "Sorry, something went wrong on my side; please try again."
+FAILED_SAVED = "Sorry, something went wrong on my side. Your message is saved; please try again."
+# What the user hears when the database cannot be used, by how far their message had got: never "saved" unless it is.
+NOT_SAVED = "I could not save your message (the database is unavailable); please send it again in a minute."
+SAVED_UNANSWERED = (
+    "I saved your message but could not read this conversation back (the database is unavailable), so I cannot "
+    "answer it now; please ask again in a minute."
+)
+ANSWER_NOT_SAVED = (
+    "(I could not save this answer because the database is unavailable, so I will not remember it in this "
+    "conversation.)"
+)
+UNAVAILABLE = "I could not do that: the database is unavailable. Please try again in a minute."
 HELP = (
     "Mention me (or DM me) to chat. Commands: summarize [count], translate <language> <text> (quote a language of"
     ' several words: "Brazilian Portuguese"), model, forget (deletes your stored messages); admins: reload [name],'
@@ -42,15 +53,25 @@ HELP = (
 SUMMARIZE_INSTRUCTION = "Summarize the following conversation in a few sentences."
 # Below this many characters a prompt renders in well under a millisecond: a thread hop would cost more.
 INLINE_RENDER_CHARS = 8_000
-# Channel settings are read on every message but change rarely; other bot processes' changes show within this.
-SETTINGS_TTL_S = 10.0
+# The longest chat message taken (Slack's own limit; Discord's is 4,000). A longer one is a paste gone wrong: it would
+# be cut to the context anyway, and storing it would cost every later history read.
+MAX_MESSAGE_CHARS = 40_000
 
 
 @dataclass(frozen=True)
 class ManagerConfig:
     defaults: ChannelConfig  # the service's sampling and history defaults
     request_timeout_s: float = 120.0
-    summarize_default: int = 50
+    summarize_default: int = 50  # messages a summary reads when no count is given, on every platform
+    failure_note: str = ""  # added to "something went wrong" (the terminal chat: where its log is)
+
+
+@dataclass
+class _Progress:
+    """How far one request got, so that what the user is told on a failure is true."""
+
+    saved: bool = False  # the user's message is stored
+    answered: bool = False  # the answer was shown (only storing it is left)
 
 
 class ConversationManager:
@@ -69,18 +90,19 @@ class ConversationManager:
         self._tokenizer = tokenizer
         self._admins = admins
         self._limiter = rate_limiter
-        self._checkpoints_dir = checkpoints_dir
         self._config = config
-        self._reload_lock = asyncio.Lock()
-        self._settings_cache: dict[tuple[str, str, str], tuple[float, dict[str, object]]] = {}
-        self._handlers: dict[str, Callable[[Incoming, Reply], Awaitable[None]]] = {
+        self._channel_settings = ChannelSettings(store)
+        self._admin = AdminCommands(
+            store, generator, tokenizer, admins, self._channel_settings, checkpoints_dir, config.defaults
+        )
+        self._handlers: dict[str, Callable[[Incoming, Reply, _Progress], Awaitable[None]]] = {
             "chat": self._chat,
             "summarize": self._summarize,
             "translate": self._translate,
             "model": self._model,
             "forget": self._forget,
-            "reload": self._reload,
-            "settings": self._settings,
+            "reload": lambda incoming, reply, _: self._admin.reload(incoming, reply),
+            "settings": lambda incoming, reply, _: self._admin.settings(incoming, reply),
             "help": self._help,
         }
 
@@ -88,46 +110,81 @@ class ConversationManager:
     def generator(self) -> Generator:
         return self._generator
 
+    @property
+    def summarize_default(self) -> int:
+        """Messages a summary reads when the user gives no count; adapters fetch this many from their platform."""
+        return self._config.summarize_default
+
     async def handle(self, incoming: Incoming, reply: Reply) -> None:
         """Answer one message or command. Never raises: this is the per-message error boundary."""
+        progress = _Progress()
         try:
-            await self._handlers[incoming.command](incoming, reply)
-        except GeneratorBusy:
-            await _safe_send(reply, BUSY)
-        except GenerationTimeout:
-            await _safe_send(reply, TIMEOUT)
-        except GenerationFailed as e:
-            log.error("generation failed in %s: %s", _where(incoming), e)
-            await _safe_send(reply, FAILED)
+            if incoming.event_id is not None and not await self.first_delivery(incoming.platform, incoming.event_id):
+                log.info("%s event %s delivered again; answered already", incoming.platform, incoming.event_id)
+                return
+            await self._handlers[incoming.command](incoming, reply, progress)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("failed to answer %s %s in %s", incoming.platform, incoming.command, _where(incoming))
-            await _safe_send(reply, FAILED)
+        except Exception as e:
+            await _safe_send(reply, self._failure_message(e, incoming, progress))
+
+    def _failure_message(self, error: Exception, incoming: Incoming, progress: _Progress) -> str:
+        """What to tell the user about ``error``: short, true (never "saved" unless it was), and what to do."""
+        if isinstance(error, GeneratorBusy):
+            return BUSY
+        if isinstance(error, GenerationTimeout):
+            return TIMEOUT
+        if isinstance(error, UnstorableTextError):
+            return f"I can't keep your message: it {error.reason}. Remove it and send your message again."
+        if isinstance(error, DatabaseUnavailableError):
+            log.warning("database unavailable for %s %s in %s: %s", incoming.platform, incoming.command,
+                        _where(incoming), error)  # fmt: skip
+            if incoming.command != "chat":
+                told = UNAVAILABLE
+            else:
+                told = ANSWER_NOT_SAVED if progress.answered else SAVED_UNANSWERED if progress.saved else NOT_SAVED
+        else:
+            if isinstance(error, GenerationFailed):
+                log.error("generation failed in %s: %s", _where(incoming), error)
+            else:
+                log.exception("failed to answer %s %s in %s", incoming.platform, incoming.command, _where(incoming),
+                              exc_info=error)  # fmt: skip
+            told = FAILED_SAVED if progress.saved and not progress.answered else FAILED
+        return f"{told} {self._config.failure_note}".strip()
 
     # -- chat ----------------------------------------------------------------------------------------------------
 
-    async def _chat(self, incoming: Incoming, reply: Reply) -> None:
+    async def _chat(self, incoming: Incoming, reply: Reply, progress: _Progress) -> None:
         if not incoming.text.strip():
             await reply.send(HELP)
+            return
+        if len(incoming.text) > MAX_MESSAGE_CHARS:
+            await reply.send(
+                f"Your message is {len(incoming.text):,} characters long; I take at most {MAX_MESSAGE_CHARS:,}. "
+                "Please send a shorter one."
+            )
             return
         key = _key(incoming)
         config = await self._channel_config(incoming)
         if not config.enabled:
             return  # an admin switched chat off here; commands still work
+        # Before storing: a message that is not answered for now is not kept either (the user sends it again).
+        if not await self._allowed(incoming, reply):
+            return
         added = await self._store.add_message(
             key, role=Role.USER, author_id=incoming.author_id, text=incoming.text,
             platform_message_id=incoming.message_id,
         )
         if added.duplicate:
+            self._limiter.refund(_sender(incoming))  # the platform delivered it again; the user sent it once
             log.info("message %s delivered again; answered already", incoming.message_id)
             return
-        if not await self._allowed(incoming, reply):
-            return
+        progress.saved = True
         history = await self._store.recent_history(key, limit=config.history_messages + 1)
         turns = _pair_turns([m for m in history if m.id != added.message.id])
         prompt = await self._render(incoming.text, config, turns)
         answer, generation = await self._generate(prompt, config, reply)
+        progress.answered = True
         await self._store.add_message(
             key, role=Role.ASSISTANT, author_id="bot", text=answer, generation=generation
         )
@@ -143,7 +200,8 @@ class ConversationManager:
         async with self._generator.stream(prompt.ids, params, timeout_s=self._config.request_timeout_s) as handle:
             await reply.stream(_strip_leading(handle))
         result = handle.result
-        answer = clean_response(result.text)
+        # A model can write a NUL byte; what is stored must be storable (the user saw it already).
+        answer = clean_response(result.text).replace("\x00", "\ufffd")
         return answer, Generation(result.model_name, result.model_sha256, config.sampling())
 
     async def _render(
@@ -158,7 +216,7 @@ class ConversationManager:
 
     # -- summarize / translate -----------------------------------------------------------------------------------
 
-    async def _summarize(self, incoming: Incoming, reply: Reply) -> None:
+    async def _summarize(self, incoming: Incoming, reply: Reply, _: _Progress) -> None:
         count = self._config.summarize_default
         if incoming.text.strip():
             typed = summarize_count(incoming.text)
@@ -185,7 +243,8 @@ class ConversationManager:
 
     def _newest_lines(self, lines: list[str], config: ChannelConfig) -> str:
         """The newest lines of a transcript that fit the prompt budget (oldest dropped first)."""
-        room = self._generator.context_length - config.max_new_tokens - 80  # template and instruction
+        room = self._generator.context_length - config.max_new_tokens
+        room -= template_tokens(self._tokenizer, SUMMARIZE_INSTRUCTION)
         kept: list[str] = []
         for line in reversed(lines):
             room -= len(self._tokenizer.encode(line)) + 1
@@ -194,7 +253,7 @@ class ConversationManager:
             kept.append(line)
         return "\n".join(reversed(kept))
 
-    async def _translate(self, incoming: Incoming, reply: Reply) -> None:
+    async def _translate(self, incoming: Incoming, reply: Reply, _: _Progress) -> None:
         parsed = translate_args(incoming.text)
         if parsed is None:
             await reply.send(
@@ -211,7 +270,7 @@ class ConversationManager:
 
     # -- information and privacy ---------------------------------------------------------------------------------
 
-    async def _model(self, incoming: Incoming, reply: Reply) -> None:
+    async def _model(self, incoming: Incoming, reply: Reply, _: _Progress) -> None:
         info, stats = self._generator.info, self._generator.stats()
         await reply.send(
             f"Model: {info.name} (sha256 {info.sha256[:12]}…), {info.parameters:,} parameters, "
@@ -220,11 +279,11 @@ class ConversationManager:
             f"{stats.active} generating; recent speed {stats.recent_tokens_per_second:.1f} tokens/s."
         )
 
-    async def _forget(self, incoming: Incoming, reply: Reply) -> None:
+    async def _forget(self, incoming: Incoming, reply: Reply, _: _Progress) -> None:
         deleted = await self._store.forget_user(incoming.platform, incoming.author_id)
         await reply.send(f"Done: I deleted {deleted} stored message{'s' if deleted != 1 else ''} of yours.")
 
-    async def _help(self, incoming: Incoming, reply: Reply) -> None:
+    async def _help(self, incoming: Incoming, reply: Reply, _: _Progress) -> None:
         await reply.send(HELP)
 
     # -- what platforms report about their own state ------------------------------------------------------------
@@ -253,130 +312,39 @@ class ConversationManager:
 
     def checkpoint_names(self) -> list[str]:
         """Names `reload` accepts, newest first (for a platform's autocomplete)."""
-        return [path.name for path in list_checkpoints(self._checkpoints_dir)]
+        return self._admin.checkpoint_names()
 
     def is_admin(self, incoming: Incoming) -> bool:
         """Whether the sender may run admin commands (adapters use it to hide admin choices, never to grant)."""
-        return self._admins.is_admin(
-            incoming.platform, incoming.tenant, incoming.author_id, is_owner=incoming.author_is_owner
-        )
+        return self._admin.is_admin(incoming)
 
-    # -- admin ---------------------------------------------------------------------------------------------------
-
-    async def _reload(self, incoming: Incoming, reply: Reply) -> None:
-        name = incoming.text.strip()
-        if not await self._admin_only(incoming, reply, "checkpoint.reload", name):
-            return
-        try:
-            path = await asyncio.to_thread(resolve_checkpoint, self._checkpoints_dir, name or None)
-        except CheckpointNameError as e:
-            await self._audit(incoming, "checkpoint.reload", name, ok=False, error=str(e))
-            await reply.send(f"Reload refused: {e}")
-            return
-        if self._reload_lock.locked():
-            await reply.send("A reload is already running; this one starts when it is done.")
-        await reply.send(f"Loading {path.name} and checking it; the current model keeps answering meanwhile.")
-        try:
-            info = await self.reload_checkpoint(path, incoming.platform, incoming.tenant, incoming.author_id)
-        except ReloadFailed as e:
-            await reply.send(f"Reload failed, still serving {self._generator.info.name}: {e}")
-            return
-        await reply.send(f"Now serving {info.name} (sha256 {info.sha256[:12]}…, {info.parameters:,} parameters).")
-
-    async def reload_checkpoint(self, path: Path, platform: str, tenant: str, actor_id: str) -> ModelInfo:
-        """Load, check and swap in ``path`` (one reload at a time), recording the attempt either way.
-        Raises ReloadFailed, with the old model still serving, when the checkpoint is refused."""
-        async with self._reload_lock:
-            try:
-                info = await self._generator.reload(path, path.name)
-            except ReloadFailed as e:
-                await self._record_reload(platform, tenant, actor_id, path.name, None, ok=False, detail=str(e))
-                raise
-        await self._record_reload(platform, tenant, actor_id, info.name, info.sha256, ok=True, detail="")
-        return info
-
-    async def _record_reload(
-        self, platform: str, tenant: str, actor_id: str, name: str, sha256: str | None, *, ok: bool, detail: str
-    ) -> None:
-        await self._store.record_checkpoint_load(
-            name=name, sha256=sha256, requested_by=f"{platform}:{actor_id}", succeeded=ok, detail=detail
-        )
-        await self._store.record_audit(
-            platform=platform, tenant=tenant, actor_id=actor_id, action="checkpoint.reload", target=name,
-            detail={"ok": ok, "sha256": sha256, "error": detail or None},
-        )
-
-    async def _settings(self, incoming: Incoming, reply: Reply) -> None:
-        words = incoming.text.split()
-        stored = await self._stored_settings(incoming)
-        if not words:
-            config = self._config.defaults.with_stored(stored)
-            await reply.send("Settings for this channel:\n" + describe(config, stored))
-            return
-        if not await self._admin_only(incoming, reply, "channel.settings", incoming.text):
-            return
-        if len(words) != 2:
-            await reply.send("Usage: settings <key> <value> (or 'default' to reset); settings alone shows them.")
-            return
-        try:
-            key, value = parse_setting(words[0], words[1])
-        except SettingError as e:
-            await reply.send(f"Not changed: {e}")
-            return
-        merged = await self._store.update_channel_settings(
-            platform=incoming.platform, tenant=incoming.tenant, channel=incoming.channel, changes={key: value},
-            updated_by=incoming.author_id,
-        )
-        self._remember_settings((incoming.platform, incoming.tenant, incoming.channel), merged)
-        await self._audit(incoming, "channel.settings", f"{key}={value}", ok=True, channel=incoming.channel)
-        config = self._config.defaults.with_stored(merged)
-        shown = getattr(config, key)
-        await reply.send(f"{key} is now {'off' if shown is None else shown} in this channel.")
-
-    async def _admin_only(self, incoming: Incoming, reply: Reply, action: str, target: str) -> bool:
-        if self.is_admin(incoming):
-            return True
-        await self._audit(incoming, action, target, ok=False, error="refused: not an admin")
-        await reply.send(NOT_ADMIN)
-        return False
-
-    async def _audit(self, incoming: Incoming, action: str, target: str, **detail: object) -> None:
-        await self._store.record_audit(
-            platform=incoming.platform, tenant=incoming.tenant, actor_id=incoming.author_id,
-            action=action, target=target, detail=detail,
-        )
+    async def reload_checkpoint(self, path: Path, platform: str, tenant: str, actor_id: str) -> ReloadResult:
+        """Swap in ``path`` as `reload` does (the checkpoint watch's way in); raises ReloadFailed when refused."""
+        return await self._admin.reload_checkpoint(path, platform, tenant, actor_id)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
     async def _allowed(self, incoming: Incoming, reply: Reply) -> bool:
-        wait = self._limiter.check((incoming.platform, incoming.author_id))
+        if self._admins.is_operator(incoming.platform, is_owner=incoming.author_is_owner):
+            return True  # the person running the bot is not limited by the bot
+        wait = self._limiter.check(_sender(incoming))
         if wait:
-            await reply.send(f"You're sending messages faster than I can answer; please wait {wait:.0f} s.")
+            await reply.send(
+                f"You're sending messages faster than I can answer; please wait {wait:.0f} s and send it again."
+            )
         return not wait
 
-    async def _stored_settings(self, incoming: Incoming) -> dict[str, object]:
-        key = (incoming.platform, incoming.tenant, incoming.channel)
-        cached = self._settings_cache.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        stored = await self._store.get_channel_settings(
-            platform=incoming.platform, tenant=incoming.tenant, channel=incoming.channel
-        )
-        self._remember_settings(key, stored)
-        return stored
-
-    def _remember_settings(self, key: tuple[str, str, str], stored: dict[str, object]) -> None:
-        if len(self._settings_cache) > 10_000:  # bounded in a bot that sits in very many channels
-            self._settings_cache.clear()
-        self._settings_cache[key] = (time.monotonic() + SETTINGS_TTL_S, stored)
-
     async def _channel_config(self, incoming: Incoming) -> ChannelConfig:
-        return self._config.defaults.with_stored(await self._stored_settings(incoming))
+        stored = await self._channel_settings.get((incoming.platform, incoming.tenant, incoming.channel))
+        return self._config.defaults.with_stored(stored).fitted(self._admin.answer_limit())
 
 
 def _key(incoming: Incoming) -> ConversationKey:
     return ConversationKey(incoming.platform, incoming.tenant, incoming.channel, incoming.thread)
+
+
+def _sender(incoming: Incoming) -> tuple[str, str]:
+    return incoming.platform, incoming.author_id
 
 
 def _where(incoming: Incoming) -> str:

@@ -31,6 +31,12 @@ class RateLimiter:
         self._forget_idle(now)
         return 0.0
 
+    def refund(self, key: Hashable) -> None:
+        """Take back the newest request `check` counted for ``key`` (it turned out not to be a new request)."""
+        times = self._seen.get(key)
+        if times:
+            times.pop()
+
     def _forget_idle(self, now: float) -> None:
         # Bounded memory in a busy server: drop users whose whole window has passed (checked rarely).
         if len(self._seen) > 10_000:

@@ -41,6 +41,7 @@ class Incoming:
     thread: str = ""  # "" when not in a thread
     author_name: str = ""
     message_id: str | None = None  # the platform's id: a redelivered message is answered once
+    event_id: str | None = None  # the platform's delivery id (Slack's event_id): a redelivered event is dropped
     is_dm: bool = False
     author_is_owner: bool = False  # the platform itself says this user owns the bot application
     transcript: tuple[TranscriptLine, ...] | None = None  # `summarize` over what the platform returned

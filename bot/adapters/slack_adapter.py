@@ -4,8 +4,9 @@ commands, and what Slack says about deleted messages and uninstalls purges what 
 Every listener acknowledges first and does its work in a task the adapter owns, so Slack gets its answer well within
 3 s however busy the model is, and `close` can let answers in progress finish. Slack redelivers an event it thinks
 was not acknowledged (with X-Slack-Retry-Num / `retry_attempt`); we never drop an event for carrying that mark,
-because the first delivery may really have been lost. Instead the event id is recorded in the shared database
-(`first_delivery`), so a redelivery is answered by nobody, in this process or any other sharing the database.
+because the first delivery may really have been lost. Instead the event id travels with the message
+(`Incoming.event_id`) and the core records it in the shared database before anything else, so a redelivery is
+answered by nobody, in this process or any other sharing the database.
 
 Where conversations are filed: tenant = the workspace (team id), also for DMs, so uninstalling the app removes
 everything from that workspace. A DM's channel is `storage.records.dm_channel(user)`, which `/forget` removes whole
@@ -70,7 +71,6 @@ class SlackConfig:
     edit_interval_s: float = 1.0  # at most one chat.update per message this often (Slack allows about one a second)
     message_limit: int = MESSAGE_LIMIT  # characters per message as posted (escaped); longer answers are split
     translate_language: str = "English"  # what the "Translate message" shortcut translates into
-    summarize_fetch: int = 100  # messages read for a summary when the user gives no count (the core trims to fit)
     ping_interval_s: float = 10.0  # Socket Mode keepalive; a silent connection is replaced after ~4 of these
     close_grace_s: float = 20.0  # on close, answers in progress get this long to finish, then are cancelled
 
@@ -243,10 +243,6 @@ class SlackAdapter:
         # subscribe to only to hear of deletions; mentions in channels arrive as app_mention.
 
     async def _answer(self, body: dict[str, Any], event: dict[str, Any], context: Any, *, is_dm: bool) -> None:
-        event_id = body.get("event_id")
-        if event_id and not await self._manager.first_delivery("slack", str(event_id)):
-            log.info("Slack event %s delivered again; answered already", event_id)
-            return
         team, user, channel = _team(body, context), str(event["user"]), str(event["channel"])
         command, text = parse_command(plain(event.get("text", ""), bot_user_id=context.get("bot_user_id")))
         if is_dm:
@@ -264,7 +260,7 @@ class SlackAdapter:
         incoming = Incoming(
             platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user,
             text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,
-            transcript=transcript,
+            transcript=transcript, event_id=str(body["event_id"]) if body.get("event_id") else None,
         )
         await self._manager.handle(incoming, reply)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from bot.adapters.base import Incoming, TranscriptLine
+from bot.admin import NOT_ADMIN
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig
-from bot.conversation import BUSY, FAILED, HELP, NOT_ADMIN, ConversationManager, ManagerConfig
+from bot.conversation import BUSY, FAILED_SAVED, HELP, ConversationManager, ManagerConfig
 from bot.generation import GenerationTimeout, GeneratorBusy
 from bot.ratelimit import RateLimiter
 from llm.prompts import RESPONSE_STOPS, render_prompt
@@ -84,11 +85,26 @@ async def test_a_redelivered_message_is_answered_once(manager, generator, store)
     assert len(generator.prompts) == 1 and len(await store.recent_history(KEY)) == 2
 
 
-async def test_a_fast_sender_is_told_to_wait_and_others_are_not_affected(manager, generator) -> None:
-    replies = [await ask(manager, replace(MSG, message_id=f"m{i}")) for i in range(6)]
+async def test_a_fast_sender_is_told_to_wait_and_others_are_not_affected(manager, generator, store) -> None:
+    replies = [await ask(manager, replace(MSG, text=f"Question {i}", message_id=f"m{i}")) for i in range(6)]
     assert all(r.streamed for r in replies[:5])
-    assert "please wait" in replies[5].sent[0] and not replies[5].streamed
+    assert "please wait" in replies[5].sent[0] and "send it again" in replies[5].sent[0] and not replies[5].streamed
+    stored = [m.text for m in await store.recent_history(KEY) if m.role is Role.USER]
+    assert stored == [f"Question {i}" for i in range(5)]  # the one not answered is not kept either
     assert (await ask(manager, replace(MSG, author_id="u2", message_id="other"))).streamed
+
+
+async def test_a_redelivered_message_does_not_count_against_the_rate_limit(manager, generator) -> None:
+    for i in range(4):
+        await ask(manager, replace(MSG, message_id=f"m{i}"))
+    for _ in range(3):
+        await ask(manager, replace(MSG, message_id="m0"))  # the platform delivered it again
+    assert (await ask(manager, replace(MSG, message_id="m4"))).streamed  # the fifth message the user sent
+
+
+async def test_the_bot_applications_owner_is_not_rate_limited(manager, generator) -> None:
+    for i in range(8):
+        assert (await ask(manager, replace(MSG, author_is_owner=True, message_id=f"o{i}"))).streamed
 
 
 async def test_busy_and_timeouts_are_explained_and_the_message_is_kept(manager, generator, store) -> None:
@@ -98,7 +114,7 @@ async def test_busy_and_timeouts_are_explained_and_the_message_is_kept(manager, 
     generator.fail_with = GenerationTimeout("deadline")
     assert "took too long" in (await ask(manager, replace(MSG, message_id="m2"))).sent[0]
     generator.fail_with = RuntimeError("boom")
-    assert (await ask(manager, replace(MSG, message_id="m3"))).sent == [FAILED]
+    assert (await ask(manager, replace(MSG, message_id="m3"))).sent == [FAILED_SAVED]
     texts = [m.text for m in await store.recent_history(KEY)]
     assert texts == ["What is 2+2?"] * 3  # every user message is stored, no half answers
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 
 from bot.adapters.discord_adapter import MESSAGE_LIMIT
-from bot.conversation import NOT_ADMIN
+from bot.admin import NOT_ADMIN
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
+    SUMMARIZE_DEFAULT,
     Bot,
     application_fixture,
     bot_fixture,
@@ -180,3 +181,12 @@ async def test_close_waits_for_a_command_still_reading_the_channel(bot: Bot) -> 
     await wait_until(lambda: any(c.status == 429 for c in bot.discord.calls), "the history read to be rate limited")
     await bot.adapter.close()
     assert [m.content for m in bot.discord.answers_for(token)] == ["The answer is 4."]
+
+
+async def test_summarize_without_a_count_reads_the_services_default_however_large(bot: Bot) -> None:
+    for i in range(SUMMARIZE_DEFAULT + 20):
+        await bot.discord.dispatch("MESSAGE_CREATE", p.message(p.CHANNEL_ID, p.ALICE, f"message number {i}"))
+    token = await bot.interact(p.slash("summarize"))
+    await bot.command_answered(token, finished())
+    reads = bot.discord.calls_to("GET", rf"/channels/{p.CHANNEL_ID}/messages")
+    assert sum(int(call.query["limit"]) for call in reads) == SUMMARIZE_DEFAULT  # not a platform default of its own

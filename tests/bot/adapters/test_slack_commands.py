@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.conversation import NOT_ADMIN
+from bot.admin import NOT_ADMIN
 from storage.records import ConversationKey, dm_channel
 from tests.fake_slack import fixtures
-from tests.fake_slack.fixtures import ADMIN, ANSWER, TOKENIZER, running, socket_config
+from tests.fake_slack.fixtures import ADMIN, ANSWER, SUMMARIZE_DEFAULT, TOKENIZER, running, socket_config
 from tests.fake_slack.payloads import (
     TS,
     direct_message,
@@ -174,3 +174,14 @@ async def test_deleting_a_message_on_slack_deletes_our_copy(fake_slack, manager,
     assert [m.text for m in await store.recent_history(thread)] == [ANSWER]
     assert [m.text for m in await store.recent_history(dm)] == [ANSWER]
 
+
+
+async def test_summarize_without_a_count_reads_the_services_default_however_large(fake_slack, manager) -> None:
+    fake_slack.history["C1"] = [
+        {"type": "message", "user": "U1", "text": f"message number {i}", "ts": f"17000{i:05d}.000001"}
+        for i in range(SUMMARIZE_DEFAULT + 20)
+    ]
+    async with running(manager, socket_config(fake_slack)):
+        await fake_slack.send("slash_commands", slash_command("/summarize", "", fake_slack.response_url()))
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the summary")
+    assert sum(int(call.args["limit"]) for call in fake_slack.called("conversations.history")) == SUMMARIZE_DEFAULT
