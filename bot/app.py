@@ -19,54 +19,21 @@ from bot.adapters.base import PlatformAdapter
 from bot.adapters.console import ConsoleAdapter
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig
-from bot.checkpoint_names import list_checkpoints
+from bot.checkpoint_names import find_checkpoint
 from bot.conversation import ConversationManager, ManagerConfig
 from bot.inference import LocalGenerator, ReloadFailed
 from bot.jobs import STOP_GRACE_S, CheckpointWatcher, build_jobs
 from bot.ratelimit import RateLimiter
 from bot.settings import Settings
 from llm.checkpoints import load_checkpoint
+from llm.prompts import Encoder, max_new_tokens_limit, min_prompt_tokens
 from llm.tokenizer import Tokenizer
 from storage.store import open_store
 
 log = logging.getLogger(__name__)
 
-GET_A_CHECKPOINT = (
-    "no checkpoint to serve. Set SCRATCHBOT_CHECKPOINT to a checkpoint file (the book's gpt2-medium355M-sft.pth, a "
-    "safetensors file or a Hugging Face GPT-2 directory), or put one in {dir}. To make one: `scratchbot download "
-    "gpt2-medium --dir data/gpt2` then `scratchbot finetune`, or `scratchbot init-model gpt2-small "
-    "{dir}/random.safetensors` for a random-weight model that only shows the plumbing."
-)
-
-
 class StartupError(RuntimeError):
     """The service cannot start as configured; the message says what to do."""
-
-
-class NoCheckpointError(StartupError):
-    """Nothing to serve; the message says how to get a checkpoint."""
-
-
-def find_checkpoint(settings: Settings, bundled: Path | None = None) -> Path:
-    """The configured checkpoint, else the newest in the checkpoints directory, else the bundled demo."""
-    if settings.checkpoint is not None:
-        return settings.checkpoint
-    available = list_checkpoints(settings.checkpoints_dir)
-    if available:
-        return available[0]
-    if bundled is not None and bundled.exists():
-        log.warning("serving the bundled demo checkpoint %s: it is small and weak; see the README", bundled.name)
-        return bundled
-    raise NoCheckpointError(GET_A_CHECKPOINT.format(dir=settings.checkpoints_dir))
-
-
-def bundled_checkpoint() -> Path | None:
-    """The demo checkpoint shipped inside the package, when this version has one."""
-    try:
-        from llm.assets import DEMO_CHECKPOINT
-    except ImportError:
-        return None
-    return Path(DEMO_CHECKPOINT)
 
 
 # How each platform's adapter is built from the settings. The SDK is imported only when its platform is configured,
@@ -122,10 +89,11 @@ async def run_service(
 ) -> int:
     """Serve every configured platform (the terminal when none is) until a signal or a platform fails for good.
     Returns the exit status: 0 after a requested stop, 1 when a platform adapter failed."""
-    path = find_checkpoint(settings, bundled_checkpoint())
+    path = find_checkpoint(settings.checkpoint, settings.checkpoints_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer()
     loaded = await asyncio.to_thread(load_checkpoint, path, settings.device)
+    check_answer_length(settings, loaded.config.context_length, path.name, tokenizer)
     generator = LocalGenerator(
         loaded,
         tokenizer,
@@ -134,7 +102,8 @@ async def run_service(
         max_batch=settings.max_batch,
         queue_size=settings.queue_size,
     )
-    async with open_store(settings.resolved_database_url) as store:
+    in_terminal = not settings.platforms
+    async with open_store(settings.resolved_database_url, settings.database_timeouts) as store:
         await generator.start()
         manager = ConversationManager(
             store,
@@ -153,6 +122,7 @@ async def run_service(
                 ),
                 request_timeout_s=settings.request_timeout_s,
                 summarize_default=settings.summarize_default,
+                failure_note=f"Details are in {settings.console_log}." if in_terminal else "",
             ),
         )
         watcher = None
@@ -165,7 +135,7 @@ async def run_service(
         try:
             adapters = build_adapters(manager, settings, factories)
             if not adapters:
-                console = ConsoleAdapter(manager, stdin=stdin, stdout=stdout)
+                console = ConsoleAdapter(manager, stdin=stdin, stdout=stdout, log_path=settings.console_log)
                 with _stop_on_signals(console.stop):
                     await console.run()
                 return 0
@@ -173,6 +143,23 @@ async def run_service(
         finally:
             await jobs.stop(min(settings.shutdown_grace_s, STOP_GRACE_S))  # before the generator and store go away
             await generator.close(settings.shutdown_grace_s)
+
+
+def check_answer_length(settings: Settings, context_length: int, name: str, encoder: Encoder) -> None:
+    """Refuse SCRATCHBOT_MAX_NEW_TOKENS when the model's context cannot hold it beside a prompt: every message
+    would fail. The default is not refused: the conversation layer lowers it to what the model allows."""
+    limit = max_new_tokens_limit(context_length, encoder)
+    if limit < 1:
+        raise StartupError(
+            f"{name} has a context of only {context_length} tokens, too short for the chapter-7 prompt template "
+            f"({min_prompt_tokens(encoder)} tokens); serve a model with a longer context"
+        )
+    if settings.is_set("max_new_tokens") and settings.max_new_tokens > limit:
+        raise StartupError(
+            f"SCRATCHBOT_MAX_NEW_TOKENS={settings.max_new_tokens} does not fit {name}, whose context is "
+            f"{context_length} tokens: the prompt needs at least {min_prompt_tokens(encoder)} of them. "
+            f"Set it to at most {limit}"
+        )
 
 
 async def serve_platforms(adapters: list[PlatformAdapter]) -> int:

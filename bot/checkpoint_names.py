@@ -7,13 +7,41 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from llm import assets
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+GET_A_CHECKPOINT = (
+    "no checkpoint to serve. Set SCRATCHBOT_CHECKPOINT to a checkpoint file (the book's gpt2-medium355M-sft.pth, a "
+    "safetensors file or a Hugging Face GPT-2 directory), or put one in {dir}. To make one: `scratchbot download "
+    "gpt2-medium --dir data/gpt2` then `scratchbot finetune`, or `scratchbot init-model gpt2-small "
+    "{dir}/random.safetensors` for a random-weight model that only shows the plumbing."
+)
 
 
 class CheckpointNameError(ValueError):
     """The name does not denote a checkpoint in the checkpoints directory; the message says why."""
+
+
+class NoCheckpointError(Exception):
+    """Nothing to serve; the message says how to get a checkpoint."""
+
+
+def find_checkpoint(configured: Path | None, directory: Path, bundled: Path | bool | None = True) -> Path:
+    """What `run` serves (and other commands use when not told): the configured checkpoint, else the newest in the
+    checkpoints directory, else the bundled demo (``bundled``: True for the package's own, or a path, or None)."""
+    if bundled is True:
+        bundled = assets.DEMO_CHECKPOINT
+    if configured is not None:
+        return configured
+    available = list_checkpoints(directory)
+    if available:
+        return available[0]
+    if isinstance(bundled, Path) and bundled.exists():
+        log.warning("using the bundled demo checkpoint %s: it is small and weak; see the README", bundled.name)
+        return bundled
+    raise NoCheckpointError(GET_A_CHECKPOINT.format(dir=directory))
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

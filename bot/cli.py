@@ -28,12 +28,17 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Imported lazily so `scratchbot --help` stays fast (torch takes seconds to import).
+    from bot.checkpoint_names import NoCheckpointError
+    from bot.settings import SettingsError
     from llm.checkpoints import CheckpointError
     from llm.config import ConfigError
     from llm.generate import PromptTooLongError
     from llm.tokenizer import TokenizerAssetError
 
-    return (UserError, CheckpointError, ConfigError, PromptTooLongError, TokenizerAssetError, FileNotFoundError)
+    return (
+        UserError, SettingsError, NoCheckpointError, CheckpointError, ConfigError, PromptTooLongError,
+        TokenizerAssetError, FileNotFoundError,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -43,52 +48,101 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a checkpoint", description=cmd_generate.__doc__)
     p.add_argument("prompt", help="the instruction (or, with --raw, the whole prompt); '-' reads standard input")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or Hugging Face directory")
+    add_checkpoint_option(p, "default: what `scratchbot run` serves (SCRATCHBOT_CHECKPOINT, ...)")
     p.add_argument("--raw", action="store_true", help="send PROMPT as it is, without the Alpaca template")
     p.add_argument("--input", default="", help="the Input section of the Alpaca template")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: SCRATCHBOT_MAX_NEW_TOKENS (256)")
+    p.add_argument("--temperature", type=float, default=None, help="0 is greedy; default: SCRATCHBOT_TEMPERATURE (0)")
+    p.add_argument("--top-k", type=int, default=None, help="default: SCRATCHBOT_TOP_K (off)")
+    p.add_argument("--top-p", type=float, default=None, help="default: SCRATCHBOT_TOP_P (off)")
     p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
     p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     p.add_argument("--no-truncate", action="store_true", help="refuse a prompt too long for the context")
-    _add_runtime_options(p)
+    add_runtime_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=cmd_generate)
 
 
-def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+def add_checkpoint_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--checkpoint", type=Path, default=None, help=f"a file or a Hugging Face directory; {default}")
+    add_n_heads_option(p)
+
+
+def add_n_heads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--n-heads", type=int, default=None, metavar="N",
+        help="attention heads of a checkpoint that does not record them (a book .pth without its .json)",
+    )  # fmt: skip
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: SCRATCHBOT_DEVICE, cpu)")
     p.add_argument(
         "--precision",
-        default="fp32",
+        default=None,
         choices=("fp32", "bf16", "int8"),
-        help="fp32 (exact), bf16, or int8 weight-only quantization (fastest on a CPU)",
+        help="fp32 (exact), bf16, or int8 weight-only quantization (fastest on a CPU); default: SCRATCHBOT_PRECISION "
+        "(int8)",
     )
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings every command reads (environment and .env), with the command line's flags laid over them."""
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    overrides = {
+        name: value
+        for name in ("checkpoint", "device", "precision", "max_new_tokens", "temperature", "top_k", "top_p")
+        if (value := getattr(args, name, None)) is not None
+    }
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def answer_length(settings: Settings, args: argparse.Namespace, context_length: int, *, raw: bool = False) -> int:
+    """The answer length to use on a model of ``context_length``: the flag or setting if the context holds it beside
+    a prompt, a UserError if it was asked for and does not fit, the default lowered to fit if it was not asked for."""
+    from llm.prompts import max_new_tokens_limit
+    from llm.tokenizer import Tokenizer
+
+    limit = context_length - 1 if raw else max_new_tokens_limit(context_length, Tokenizer())
+    wanted = settings.max_new_tokens
+    if wanted <= limit:
+        return wanted
+    if args.max_new_tokens is not None or settings.is_set("max_new_tokens"):
+        source = "--max-new-tokens" if args.max_new_tokens is not None else "SCRATCHBOT_MAX_NEW_TOKENS"
+        need = "a prompt" if raw else "the prompt template and a message"
+        raise UserError(
+            f"{source} {wanted} does not fit this model's context of {context_length} tokens beside {need}; "
+            f"use at most {max(limit, 1)}"
+        )
+    log.info("max_new_tokens %d lowered to %d for a context of %d tokens", wanted, limit, context_length)
+    return max(limit, 1)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate an answer. Without --raw, PROMPT is the instruction of a chapter-7 Alpaca prompt and only the
-    response is printed. Text streams to the terminal as it is generated."""
+    response is printed. Text streams to the terminal as it is generated. Unset options come from the settings
+    (SCRATCHBOT_*, as `scratchbot run` reads them)."""
     from llm.generate import SamplingParams, stream_text
     from llm.prompts import RESPONSE_STOPS, clean_response, render_prompt
     from llm.tokenizer import Tokenizer
 
+    settings = settings_for(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model = load_model(settings, args.n_heads)
     try:
         params = SamplingParams(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
+            max_new_tokens=answer_length(settings, args, model.config.context_length, raw=args.raw),
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
             seed=args.seed,
             stop=tuple(args.stop) + (() if args.raw else RESPONSE_STOPS),
             overflow="error" if args.no_truncate else "truncate",
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    model = _load_model(args)
     tokenizer = Tokenizer()
     text = prompt if args.raw else render_prompt(prompt, args.input)
     stream = stream_text(model, tokenizer, tokenizer.encode(text), params)
@@ -133,13 +187,15 @@ def _print_stream(stream: Iterable[str], strip: bool) -> None:
     sys.stdout.flush()
 
 
-
-def _load_model(args: argparse.Namespace) -> GPTModel:
+def load_model(settings: Settings, n_heads: int | None) -> GPTModel:
+    """The checkpoint the settings name (or `run` would serve), on their device, in their precision."""
+    from bot.checkpoint_names import find_checkpoint
     from llm.checkpoints import load_checkpoint
     from llm.quantize import quantize_model
 
-    loaded = load_checkpoint(args.checkpoint, device=args.device)
-    return quantize_model(loaded.model, args.precision)
+    path = find_checkpoint(settings.checkpoint, settings.checkpoints_dir)
+    loaded = load_checkpoint(path, device=settings.device, n_heads=n_heads)
+    return quantize_model(loaded.model, settings.precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,10 +207,13 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--format", required=True, choices=("book", "safetensors", "hf"))
+    add_n_heads_option(p)
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("inspect", help="show a checkpoint's format, config, size and sha256")
     p.add_argument("path", type=Path)
+    add_n_heads_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
@@ -163,13 +222,24 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="safetensors", choices=("book", "safetensors", "hf"))
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=cmd_init_model)
+
+
+def refuse_overwrite(dst: Path, fmt: str, force: bool) -> None:
+    """A checkpoint is hours of training: never replace one unless told to."""
+    from llm.checkpoints import written_paths
+
+    existing = [path for path in written_paths(dst, fmt) if path.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} already exists; give another destination, or --force to overwrite it")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from llm.checkpoints import convert_checkpoint
 
-    convert_checkpoint(args.src, args.dst, args.format)
+    refuse_overwrite(args.dst, args.format, args.force)
+    convert_checkpoint(args.src, args.dst, args.format, n_heads=args.n_heads)
     print(f"wrote {args.dst} ({args.format})")
     return 0
 
@@ -177,7 +247,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from llm.checkpoints import inspect_checkpoint
 
-    info = inspect_checkpoint(args.path)
+    info = inspect_checkpoint(args.path, n_heads=args.n_heads)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -192,6 +262,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     from llm.model import GPTModel
 
     config = GPTConfig.from_name(args.preset)
+    refuse_overwrite(args.dst, args.format, args.force)
     model = GPTModel(config).init_weights(args.seed)
     save_checkpoint(model, args.dst, format=args.format, metadata={"origin": f"random init, seed {args.seed}"})
     print(f"wrote {args.dst}: {args.preset}, {model.num_parameters:,} parameters, random weights (seed {args.seed})")
@@ -208,25 +279,31 @@ def _add_db_commands(sub: argparse._SubParsersAction) -> None:
     p = db_sub.add_parser(
         "upgrade", help="migrate the database to this version's schema", description=cmd_db_upgrade.__doc__
     )
-    p.add_argument("--database-url", default=None, help="default: the SQLite file data/scratchbot.db")
+    p.add_argument(
+        "--database-url", default=None,
+        help="default: SCRATCHBOT_DATABASE_URL, else the SQLite file SCRATCHBOT_DATA_DIR/scratchbot.db",
+    )  # fmt: skip
     p.set_defaults(func=cmd_db_upgrade)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    """Migrate the database to the schema this version of scratchbot uses (the bot also does this at start-up).
-    A database migrated by a newer scratchbot is refused and left untouched."""
-    from storage.db import DEFAULT_DATABASE_URL, StorageError
+    """Migrate the database the bot uses (the settings' SCRATCHBOT_DATABASE_URL, else DATA_DIR/scratchbot.db) to
+    the schema this version of scratchbot uses; the bot also does this at start-up. A database migrated by a newer
+    scratchbot is refused and left untouched."""
+    from storage.db import StorageError, normalize_url
     from storage.migrate import upgrade_database_at
 
-    url = args.database_url or DEFAULT_DATABASE_URL
+    settings = settings_for(args)
+    url = args.database_url or settings.resolved_database_url
     try:
-        result = upgrade_database_at(url)
+        shown = normalize_url(url).render_as_string(hide_password=True)
+        result = upgrade_database_at(url, settings.database_timeouts)
     except StorageError as e:
         raise UserError(str(e)) from None
     if result.changed:
-        print(f"database upgraded from {result.from_revision or 'empty'} to {result.to_revision}")
+        print(f"database {shown} upgraded from {result.from_revision or 'empty'} to {result.to_revision}")
     else:
-        print(f"database already at {result.to_revision}, the newest schema")
+        print(f"database {shown} already at {result.to_revision}, the newest schema")
     return 0
 
 
@@ -244,17 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     platform tokens set it opens a chat in this terminal."""
     import asyncio
 
-    from pydantic import ValidationError
-
     from bot.app import StartupError, run_service
-    from bot.settings import Settings
     from storage.db import StorageError
 
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        problems = "; ".join(f"SCRATCHBOT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
-        raise UserError(f"invalid settings: {problems}") from None
+    settings = settings_for(args)
     _configure_service_logging(settings, verbose=args.verbose)
     try:
         return asyncio.run(run_service(settings))
@@ -264,12 +334,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_service_logging(settings: Settings, *, verbose: bool) -> None:
     """Logs go to standard error, except in the terminal chat, where they would interleave with the answers:
-    there they go to data_dir/scratchbot.log."""
+    there they go to the settings' console log (data_dir/scratchbot.log)."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else settings.log_level)
     if not settings.platforms:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(settings.data_dir / "scratchbot.log", encoding="utf-8")
+        settings.console_log.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.console_log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for old in list(root.handlers):
             root.removeHandler(old)

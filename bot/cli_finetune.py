@@ -24,7 +24,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--checkpoint", type=Path, help="start from these weights (any format `inspect` reads)")
     start.add_argument("--init", metavar="PRESET", help="start from random weights: gpt2-small, gpt2-medium, ...")
-    shape = p.add_argument_group("shape of a fresh model (with --init; overrides the preset)")
+    shape = p.add_argument_group(
+        "shape of a fresh model (with --init; overrides the preset); with --checkpoint, --n-heads gives the head "
+        "count of a checkpoint that does not record it"
+    )
     for name in ("emb-dim", "n-layers", "n-heads", "context-length"):
         shape.add_argument(f"--{name}", type=int, default=None)
     train = p.add_argument_group("recipe (defaults: the book's chapter 7)")
@@ -45,7 +48,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     run = p.add_argument_group("how it runs")
     run.add_argument("--exact", action="store_true", help="the book's train_model_simple loop, fp32, its data order")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (fast path)")
-    run.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    run.add_argument(
+        "--device", default=None, help="auto (cuda if present), cpu, cuda, cuda:N; default: SCRATCHBOT_DEVICE if set, "
+        "else auto",
+    )  # fmt: skip
     run.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="autocast precision")
     run.add_argument("--save-dtype", default="fp32", choices=("fp32", "bf16"), help="dtype of the saved weights")
     run.add_argument("--save-book", action="store_true", help="also write the book's .pth next to --out")
@@ -58,20 +64,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune on Alpaca-format instruction data exactly as chapter 7 of the book does (its split, batch 8, AdamW
     5e-5, weight decay 0.1, 2 epochs, seed 123), by default with a faster loop that optimises the same loss, or with
     --exact the book's own loop. Writes OUT (safetensors), OUT-loss.png and OUT-history.json."""
-    from bot.cli import UserError
+    from bot.cli import UserError, settings_for
     from llm.assets import INSTRUCTION_DATA
     from llm.data import DataError
     from llm.finetune import FinetuneConfig, FinetuneError, finetune
 
-    shape = {
-        name: value
-        for name in ("emb_dim", "n_layers", "n_heads", "context_length")
-        if (value := getattr(args, name)) is not None
-    }
+    settings = settings_for(argparse.Namespace())  # the training device is not the serving one unless it was set
+    device = args.device or (settings.device if settings.is_set("device") else "auto")
+    fresh = ("emb_dim", "n_layers", "context_length") + (("n_heads",) if args.init else ())
+    shape = {name: value for name in fresh if (value := getattr(args, name)) is not None}
     config = FinetuneConfig(
         data=args.data or INSTRUCTION_DATA,
         out=args.out,
         checkpoint=args.checkpoint,
+        n_heads=args.n_heads if args.checkpoint else None,
         init=args.init,
         shape=shape,
         drop_rate=args.drop_rate,
@@ -90,7 +96,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         eval_batches=args.eval_batches,
         exact=args.exact,
         compile=args.compile,
-        device=args.device,
+        device=device,
         precision=args.precision,
         save_dtype=args.save_dtype,
         save_book=args.save_book,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JUDGE_API_KEY_ENV = "SCRATCHBOT_JUDGE_API_KEY"  # a key on the command line would land in the shell history
+JUDGE_API_KEY_ENV = "SCRATCHBOT_JUDGE_API_KEY"  # a setting: a key on the command line would land in the shell history
 EVAL_SPLITS = ("test", "validation", "train", "all")  # llm.evaluate.SPLITS, without importing torch for --help
 
 
@@ -75,19 +75,23 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from bot.cli import _add_runtime_options
+    from bot.cli import add_n_heads_option, add_runtime_options
 
     p = sub.add_parser("evaluate", help="answer the test split and optionally score it with a judge model",
                        description=cmd_evaluate.__doc__)  # fmt: skip
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="the model to evaluate (file or Hugging Face directory)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint", type=Path, help="the model to evaluate (file or Hugging Face directory); default: what "
+        "`scratchbot run` serves (SCRATCHBOT_CHECKPOINT, ...)",
+    )  # fmt: skip
     source.add_argument("--responses", type=Path, help="score an existing *-with-response.json instead")
+    add_n_heads_option(p)
     p.add_argument("--data", type=Path, help="Alpaca-style JSON or JSON lines (default: the bundled chapter-7 data)")
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which part of the book's 85/10/5 split")
     p.add_argument("--out", type=Path, help="default: <data name>-with-response.json beside --data, or here")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    _add_runtime_options(p)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: SCRATCHBOT_MAX_NEW_TOKENS (256)")
+    add_runtime_options(p)
     judge = p.add_argument_group("judge", f"score each answer 0-100 (an API key, if needed, from ${JUDGE_API_KEY_ENV})")
     judge.add_argument("--judge-url", help="e.g. http://localhost:11434 (Ollama) or http://localhost:8000 (vLLM)")
     judge.add_argument("--judge-model", help="the judge's model name on that server, e.g. llama3")
@@ -104,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     instruction-data-with-response.json. With --judge-url and --judge-model, a judge model behind an Ollama or
     OpenAI-compatible endpoint scores each answer from 0 to 100 with the book's prompt (temperature 0, seed 123),
     and the average is printed."""
-    from bot.cli import UserError, _load_model
+    from bot.cli import UserError, answer_length, load_model, settings_for
     from llm.assets import INSTRUCTION_DATA
     from llm.data import DataError, load_records
     from llm.evaluate import (
@@ -120,8 +124,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.judge_url) != bool(args.judge_model):
         raise UserError("give both --judge-url and --judge-model to score the answers, or neither")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
+    if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise UserError("--batch-size and --max-new-tokens must be at least 1")
+    settings = settings_for(args)
     progress = False if args.quiet else None
     try:
         if args.responses:
@@ -131,9 +136,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             chosen = select(load_records(data), args.split)
             if not chosen:
                 raise UserError(f"the {args.split} split of {data} is empty; it needs more records")
-            model = _load_model(args)
+            model = load_model(settings, args.n_heads)
+            max_new_tokens = answer_length(settings, args, model.config.context_length)
             records = generate_responses(
-                model, chosen, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress
+                model, chosen, batch_size=args.batch_size, max_new_tokens=max_new_tokens, progress=progress
             )
             # Beside the user's data, as the book does; the bundled data's folder is the installed package: not there.
             default_out = responses_path(data) if args.data else Path(responses_path(data).name)
@@ -144,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 url=args.judge_url,
                 model=args.judge_model,
                 api=args.judge_api,
-                api_key=_judge_api_key(),
+                api_key=settings.judge_api_key.get_secret_value() if settings.judge_api_key else None,
                 timeout=args.judge_timeout,
             )
             report = score_responses(records, judge, progress=progress)
@@ -152,13 +158,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (EvaluationError, DataError) as e:
         raise UserError(str(e)) from None
     return 0
-
-
-def _judge_api_key() -> str | None:
-    from bot.settings import EvaluateSettings
-
-    key = EvaluateSettings().judge_api_key
-    return key.get_secret_value() if key is not None else None
 
 
 def _print_scores(report: JudgeReport, total: int, judge_model: str) -> None:

@@ -1,7 +1,8 @@
-"""Service settings: the only reader of the environment and of ``.env``.
+"""Settings: the only reader of the environment and of ``.env``, for every command (`run`, `generate`, `evaluate`,
+`finetune`, `db upgrade`, ...); a command-line flag overrides the setting it names.
 
-Every setting is ``SCRATCHBOT_<NAME>`` in the environment or in ``.env`` (see ``.env.example``). Secrets are
-`SecretStr`, so they never appear in ``repr``, logs or tracebacks.
+Every setting is ``SCRATCHBOT_<NAME>`` in the environment or in ``.env`` (see ``.env.example``); an empty value
+(``SCRATCHBOT_TOP_K=``) means unset. Secrets are `SecretStr`, so they never appear in ``repr``, logs or tracebacks.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from storage.db import sqlite_url
+from storage.db import DatabaseTimeouts, sqlite_url
 
 log = logging.getLogger(__name__)
 
 CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each bad one, what is wrong, and where it comes from."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SCRATCHBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="SCRATCHBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
     )
 
     # --- the model
@@ -51,6 +56,8 @@ class Settings(BaseSettings):
     # --- storage
     data_dir: Path = Path("data")
     database_url: str | None = None  # unset: SQLite file data_dir/scratchbot.db; PostgreSQL: postgresql+asyncpg://...
+    database_connect_timeout_s: float = Field(5.0, gt=0)  # PostgreSQL: opening a connection, or waiting for one
+    database_statement_timeout_s: float = Field(10.0, gt=0)  # PostgreSQL: one statement; SQLite: the busy timeout
 
     # --- who may run admin commands (reload, settings): ids per platform, comma-separated
     discord_admin_ids: CommaList = []
@@ -65,6 +72,10 @@ class Settings(BaseSettings):
     slack_mode: Literal["socket", "http"] | None = None  # unset: Socket Mode when the app token is set, else HTTP
     slack_http_host: str = "127.0.0.1"  # HTTP mode: listen address (0.0.0.0 in a container behind a TLS proxy)
     slack_http_port: int = Field(3000, ge=0, le=65535)  # HTTP mode: where the Request URL's proxy forwards to
+
+    # --- scratchbot evaluate: bearer token for the judge model's endpoint (a key on the command line would land in
+    # the shell history)
+    judge_api_key: SecretStr | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_grace_s: float = Field(20.0, ge=0)  # running generations may finish this long after SIGTERM
@@ -83,6 +94,19 @@ class Settings(BaseSettings):
         return sqlite_url(self.data_dir / "scratchbot.db")
 
     @property
+    def database_timeouts(self) -> DatabaseTimeouts:
+        return DatabaseTimeouts(self.database_connect_timeout_s, self.database_statement_timeout_s)
+
+    @property
+    def console_log(self) -> Path:
+        """Where the terminal chat writes its log (standard error would interleave with the answers)."""
+        return self.data_dir / "scratchbot.log"
+
+    def is_set(self, name: str) -> bool:
+        """Whether the environment or .env gave this setting, rather than its default taking effect."""
+        return name in self.model_fields_set
+
+    @property
     def platforms(self) -> list[str]:
         """Platforms whose credentials are configured."""
         found = []
@@ -93,12 +117,10 @@ class Settings(BaseSettings):
         return found
 
 
-class EvaluateSettings(BaseSettings):
-    """What `scratchbot evaluate` reads from the environment: only the judge's key, so an unrelated bad setting
-    of the bot does not stop an evaluation. A key on the command line would land in the shell history."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="SCRATCHBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
-
-    judge_api_key: SecretStr | None = None  # bearer token for the judge's chat endpoint, if it needs one
+def load_settings() -> Settings:
+    """The settings of this run, or SettingsError naming every variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"SCRATCHBOT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        raise SettingsError(f"invalid settings (environment or .env): {problems}") from None

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
 NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
-TRANSCRIPT_DEFAULT = 100  # messages fetched for a summary without a count (the core keeps its own default of them)
 RESTARTING = "I'm restarting right now; please try again in a minute."
 CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
 # Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
@@ -134,7 +133,8 @@ class DiscordAdapter:
             command, args = parse_command(text)
             transcript = None
             if command == "summarize":
-                transcript = await _transcript(message.channel, summarize_count(args), before=message)
+                count = summarize_count(args) or self._manager.summarize_default
+                transcript = await _transcript(message.channel, count, before=message)
             channel = message.channel
             if message.guild is not None and isinstance(channel, discord.PartialMessageable):
                 channel = await self._fetch_channel(channel.id) or channel  # an uncached thread: find its parent
@@ -222,7 +222,7 @@ class DiscordAdapter:
                 return
             transcript = None
             if transcript_of is not None:
-                transcript = await _transcript(transcript_of, count, before=before)
+                transcript = await _transcript(transcript_of, count or self._manager.summarize_default, before=before)
             incoming = self._incoming(
                 interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
             )
@@ -378,14 +378,14 @@ async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
 
 
 async def _transcript(
-    channel: object, count: int | None, *, before: discord.Message | discord.Object | None = None
+    channel: object, count: int, *, before: discord.Message | discord.Object | None = None
 ) -> tuple[TranscriptLine, ...] | None:
     """Recent messages for a summary, oldest first; None (the core then uses its stored history) when the channel
     cannot be read or shows no text (without the message content intent, others' messages arrive empty)."""
     if not isinstance(channel, discord.abc.Messageable):
         return None
     try:
-        messages = [m async for m in channel.history(limit=count or TRANSCRIPT_DEFAULT, before=before)]
+        messages = [m async for m in channel.history(limit=count, before=before)]
     except discord.HTTPException as e:
         log.info("cannot read history for a summary (%s); using stored history", e.status)
         return None

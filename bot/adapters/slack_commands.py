@@ -120,7 +120,7 @@ class SlackCommands:
         """The conversation's newest ``count`` messages (None: the configured default) as a transcript, or None
         after telling the user why it could not be read."""
         try:
-            return await self.transcript(channel, thread_ts, count or self._config.summarize_fetch)
+            return await self.transcript(channel, thread_ts, count or self._manager.summarize_default)
         except RateLimited as e:
             await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
         except SlackRefusedError as e:

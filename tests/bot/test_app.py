@@ -10,10 +10,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bot import app
-from bot.app import NoCheckpointError, find_checkpoint
+from bot.checkpoint_names import NoCheckpointError, find_checkpoint
 from bot.cli import main
 from bot.settings import Settings
+from llm import assets
 from llm.checkpoints import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
@@ -29,25 +29,25 @@ def test_the_configured_checkpoint_comes_first(tmp_path: Path) -> None:
     (tmp_path / "ckpts").mkdir()
     (tmp_path / "ckpts" / "other.pth").write_bytes(b"x")
     chosen = tmp_path / "mine.safetensors"
-    assert find_checkpoint(settings_for(tmp_path, checkpoint=chosen), bundled=None) == chosen
+    assert find_checkpoint(chosen, tmp_path / "ckpts", bundled=None) == chosen
 
 
 def test_then_the_newest_in_the_directory_then_the_bundled_demo(tmp_path: Path) -> None:
     bundled = tmp_path / "demo.safetensors"
     bundled.write_bytes(b"x")
-    assert find_checkpoint(settings_for(tmp_path), bundled=bundled) == bundled
+    assert find_checkpoint(None, tmp_path / "ckpts", bundled=bundled) == bundled
     (tmp_path / "ckpts").mkdir()
     (tmp_path / "ckpts" / "new.pth").write_bytes(b"x")
-    assert find_checkpoint(settings_for(tmp_path), bundled=bundled).name == "new.pth"
+    assert find_checkpoint(None, tmp_path / "ckpts", bundled=bundled).name == "new.pth"
 
 
 def test_without_any_checkpoint_run_says_how_to_get_one_and_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(NoCheckpointError, match="scratchbot download gpt2-medium"):
-        find_checkpoint(settings_for(tmp_path), bundled=None)
+        find_checkpoint(None, tmp_path / "ckpts", bundled=None)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(app, "bundled_checkpoint", lambda: None)
+    monkeypatch.setattr(assets, "DEMO_CHECKPOINT", tmp_path / "no-demo.safetensors")
     for name in [k for k in os.environ if k.startswith("SCRATCHBOT_")]:
         monkeypatch.delenv(name)
     assert main(["run"]) == 2
@@ -93,3 +93,14 @@ def test_an_unreachable_database_is_one_line(
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scratchbot: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_answer_length_the_model_cannot_hold_is_refused_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_MAX_NEW_TOKENS", "512")  # accepted by the setting's range, not by this model
+    assert main(["run"]) == 2  # the bundled demo model: a context of 512 tokens
+    err = capsys.readouterr().err
+    assert "SCRATCHBOT_MAX_NEW_TOKENS=512 does not fit demo-model.safetensors" in err and "at most 444" in err
+    assert err.count("\n") == 1

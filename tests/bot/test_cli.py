@@ -135,3 +135,74 @@ def test_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "missing.safetensors" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings that cannot work are refused; checkpoints are never silently changed
+
+
+def test_an_answer_length_the_context_cannot_hold_is_refused_not_a_prompt_cut_to_nothing(
+    checkpoint: Path, capsys
+) -> None:
+    # CONFIG's context is 128 tokens; the template needs about 70 of them with room for a message.
+    err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "128", "Hi")
+    assert "--max-new-tokens 128 does not fit this model's context of 128 tokens" in err and "at most 60" in err
+    err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--raw", "--max-new-tokens", "128", "Hi")
+    assert "use at most 127" in err
+    out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--max-new-tokens", "60", "Hi")
+    assert out["truncated_prompt_tokens"] == 0 and out["prompt_tokens"] == len(Tokenizer().encode(render_prompt("Hi")))
+
+
+def test_the_default_answer_length_is_lowered_to_fit_a_small_model(checkpoint: Path, capsys) -> None:
+    out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--raw", "Once")
+    assert out["truncated_prompt_tokens"] == 0  # the default of 256 would have cut the prompt to one token
+
+
+def test_an_answer_length_set_in_the_environment_is_checked_too(checkpoint: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SCRATCHBOT_MAX_NEW_TOKENS", "100")
+    err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "Hi")
+    assert "SCRATCHBOT_MAX_NEW_TOKENS 100 does not fit" in err
+
+
+def test_generate_reads_its_defaults_from_the_settings(checkpoint: Path, capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        f"SCRATCHBOT_CHECKPOINT={checkpoint}\nSCRATCHBOT_MAX_NEW_TOKENS=3\nSCRATCHBOT_PRECISION=fp32\n"
+    )
+    out = run_json(capsys, "generate", "--json", "--raw", "Hello")
+    model = load_checkpoint(checkpoint).model
+    ids = Tokenizer().encode("Hello")
+    assert out["token_ids"] == list(generate_tokens(model, ids, SamplingParams(max_new_tokens=3)))
+    assert run_json(capsys, "generate", "--json", "--raw", "--max-new-tokens", "5", "Hello")["new_tokens"] == 5
+
+
+def test_a_bad_setting_is_one_line_naming_it_for_every_command(checkpoint: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "warm")
+    for argv in (["generate", "--checkpoint", str(checkpoint), "Hi"], ["db", "upgrade"], ["run"]):
+        assert "SCRATCHBOT_TEMPERATURE" in user_error(capsys, *argv)
+
+
+def test_a_book_file_without_its_head_count_asks_for_it(tmp_path: Path, capsys) -> None:
+    model = make_model(CONFIG, seed=5)  # 32 wide, 4 heads: no GPT-2 size
+    torch.save(model.state_dict(), tmp_path / "bare.pth")  # what the book's own code writes: no config
+    err = user_error(capsys, "inspect", str(tmp_path / "bare.pth"))
+    assert "--n-heads N" in err and "bare.json" in err
+    bare = str(tmp_path / "bare.pth")
+    assert run_json(capsys, "inspect", bare, "--n-heads", "4", "--json")["config"]["n_heads"] == 4
+    assert main(["convert", bare, str(tmp_path / "m.pth"), "--format", "book", "--n-heads", "4"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n_heads"] == 4
+    assert load_checkpoint(tmp_path / "m.pth").config == CONFIG  # read back with no flag
+
+
+def test_convert_and_init_model_refuse_to_overwrite_without_force(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "copy.safetensors"
+    dst.write_bytes(b"hours of training")
+    err = user_error(capsys, "convert", str(checkpoint), str(dst), "--format", "safetensors")
+    assert "already exists" in err and "--force" in err and dst.read_bytes() == b"hours of training"
+    user_error(capsys, "init-model", "gpt2-small", str(dst))
+    assert dst.read_bytes() == b"hours of training"
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    user_error(capsys, "convert", str(checkpoint), str(tmp_path / "hf"), "--format", "hf")
+    assert main(["convert", str(checkpoint), str(dst), "--format", "safetensors", "--force"]) == 0
+    assert load_checkpoint(dst).config == CONFIG

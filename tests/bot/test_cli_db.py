@@ -16,7 +16,8 @@ def test_db_upgrade_creates_the_default_sqlite_file_under_data(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
 
     assert main(["db", "upgrade"]) == 0
-    assert capsys.readouterr().out == f"database upgraded from empty to {head_revision()}\n"
+    out = capsys.readouterr().out
+    assert out == f"database sqlite+aiosqlite:///data/scratchbot.db upgraded from empty to {head_revision()}\n"
     assert (tmp_path / "data" / "scratchbot.db").is_file()
 
     assert main(["db", "upgrade"]) == 0
@@ -51,3 +52,28 @@ def test_db_upgrade_refuses_a_database_from_a_newer_scratchbot(tmp_path: Path, c
 
     assert main(["db", "upgrade", "--database-url", url]) == 2
     assert "Upgrade scratchbot" in capsys.readouterr().err
+
+
+def test_db_upgrade_migrates_the_database_the_settings_name(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_DATA_DIR", str(tmp_path / "botdata"))
+    assert main(["db", "upgrade"]) == 0
+    assert str(tmp_path / "botdata" / "scratchbot.db") in capsys.readouterr().out
+    assert (tmp_path / "botdata" / "scratchbot.db").is_file() and not (tmp_path / "data").exists()
+
+    (tmp_path / ".env").write_text(f"SCRATCHBOT_DATABASE_URL={sqlite_url(tmp_path / 'from-dotenv.db')}\n")
+    assert main(["db", "upgrade"]) == 0
+    assert "from-dotenv.db upgraded from empty" in capsys.readouterr().out
+    with sqlite3.connect(tmp_path / "from-dotenv.db") as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+
+    assert main(["db", "upgrade", "--database-url", sqlite_url(tmp_path / "flag.db")]) == 0  # the flag wins
+    assert "flag.db upgraded" in capsys.readouterr().out
+
+
+def test_db_upgrade_never_prints_the_password(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SCRATCHBOT_DATABASE_URL", "postgresql+asyncpg://bot:s3cret@127.0.0.1:1/nothing")
+    monkeypatch.setenv("SCRATCHBOT_DATABASE_CONNECT_TIMEOUT_S", "1")
+    assert main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the database" in err and "s3cret" not in err

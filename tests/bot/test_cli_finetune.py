@@ -31,6 +31,9 @@ def test_finetune_a_tiny_model_then_generate_with_it(data: Path, tmp_path: Path,
     for path in (out, out.with_suffix(".pth"), tmp_path / "tiny-loss.png", tmp_path / "tiny-history.json"):
         assert f"wrote {path}" in printed and path.is_file()
     assert load_checkpoint(out).config.emb_dim == 32
+    # The book's .pth records no head count: the config written beside it keeps the 4 heads (not 32 / 64 = 1).
+    assert load_checkpoint(out.with_suffix(".pth")).config == load_checkpoint(out).config
+    assert json.loads(out.with_suffix(".json").read_text())["n_heads"] == 4
 
     assert main(["generate", "--checkpoint", str(out), "--json", "--max-new-tokens", "4", "Name a color."]) == 0
     assert json.loads(capsys.readouterr().out)["new_tokens"] >= 1

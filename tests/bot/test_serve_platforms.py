@@ -19,7 +19,7 @@ from llm.checkpoints import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
 
-CONFIG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=1)
+CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=1)
 
 
 class FakeAdapter:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.settings import EvaluateSettings, Settings
+from bot.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,19 +58,42 @@ def test_secrets_never_appear_in_repr_or_str(monkeypatch: pytest.MonkeyPatch, tm
 
 def test_env_example_lists_every_setting() -> None:
     documented = set(re.findall(r"SCRATCHBOT_([A-Z0-9_]+)=", (ROOT / ".env.example").read_text()))
-    expected = {name.upper() for name in Settings.model_fields} | {n.upper() for n in EvaluateSettings.model_fields}
-    assert documented == expected
+    assert documented == {name.upper() for name in Settings.model_fields}
 
 
-def test_the_judge_key_for_evaluate_is_read_here_and_kept_secret(
+def test_env_example_shows_the_real_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every commented-out line with a value is the default: uncommenting it changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    example = (ROOT / ".env.example").read_text()
+    shown = dict(re.findall(r"^# SCRATCHBOT_([A-Z0-9_]+)=(.*)$", example, re.MULTILINE))
+    assert set(shown) == {name.upper() for name in Settings.model_fields}  # every setting, with its default
+    (tmp_path / ".env").write_text("".join(f"SCRATCHBOT_{name}={value}\n" for name, value in shown.items()))
+    assert Settings().model_dump() == Settings(_env_file=None).model_dump()
+
+
+def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SCRATCHBOT_TOP_K=\nSCRATCHBOT_TOP_P=\nSCRATCHBOT_CHECKPOINT=\n")
+    monkeypatch.setenv("SCRATCHBOT_DATABASE_URL", "")
+    settings = Settings()
+    assert (settings.top_k, settings.top_p, settings.checkpoint, settings.database_url) == (None, None, None, None)
+    assert not settings.is_set("top_k")
+
+
+def test_invalid_settings_name_every_bad_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "warm")
+    monkeypatch.setenv("SCRATCHBOT_MAX_BATCH", "0")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "SCRATCHBOT_TEMPERATURE" in str(refused.value) and "SCRATCHBOT_MAX_BATCH" in str(refused.value)
+
+
+def test_the_judge_key_for_evaluate_is_a_setting_and_kept_secret(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from bot.cli_models import _judge_api_key
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCRATCHBOT_JUDGE_API_KEY", "sk-judge-secret")
-    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "not a number")  # a bad bot setting must not stop an evaluation
-    assert "sk-judge-secret" not in repr(EvaluateSettings())
-    assert _judge_api_key() == "sk-judge-secret"
-    monkeypatch.delenv("SCRATCHBOT_JUDGE_API_KEY")
-    assert _judge_api_key() is None
+    settings = Settings()
+    assert "sk-judge-secret" not in repr(settings)
+    assert settings.judge_api_key is not None and settings.judge_api_key.get_secret_value() == "sk-judge-secret"

@@ -46,10 +46,13 @@ def generator() -> FakeGenerator:
     return FakeGenerator(f" {ANSWER}")
 
 
+SUMMARIZE_DEFAULT = 250  # above Slack's page of 200 messages: one default, honoured however many pages it takes
+
+
 def make_manager(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
     return ConversationManager(
         store, generator, TOKENIZER, AdminPolicy({"slack": [f"{TEAM}:{ADMIN}"]}), RateLimiter(100), checkpoints,
-        ManagerConfig(defaults=DEFAULTS, request_timeout_s=30, summarize_default=50),
+        ManagerConfig(defaults=DEFAULTS, request_timeout_s=30, summarize_default=SUMMARIZE_DEFAULT),
     )
 
 

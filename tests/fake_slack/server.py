@@ -8,6 +8,7 @@ acknowledged. Shapes follow Slack's documented payloads, trimmed to the fields B
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
@@ -134,13 +135,13 @@ class FakeSlack:
 
     def _conversations_history(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
         newest_first = list(reversed(self.history.get(args["channel"], [])))
-        return {"messages": newest_first[: int(args.get("limit", 100))], "has_more": False}
+        return _page(newest_first, args)
 
     def _conversations_replies(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
         in_thread = [
             m for m in self.history.get(args["channel"], []) if args["ts"] in (m.get("thread_ts"), m["ts"])
         ]
-        return {"messages": in_thread[: int(args.get("limit", 100))], "has_more": False}
+        return _page(in_thread, args)
 
     def _apps_connections_open(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
         return {"url": f"ws://127.0.0.1:{request.url.port}/ws?ticket={next(self._ids)}"}
@@ -209,3 +210,13 @@ async def eventually_async(read: Any, expected: Any, timeout_s: float = 15.0, wh
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {got!r} != {expected!r}")
         await asyncio.sleep(0.05)
+
+
+def _page(messages: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
+    """One page of ``messages`` as Slack's cursor pagination returns it (limit, cursor, next_cursor, has_more)."""
+    cursor = args.get("cursor") or ""
+    start = int(base64.b64decode(cursor).decode().removeprefix("offset:")) if cursor else 0
+    end = start + int(args.get("limit", 100))
+    more = end < len(messages)
+    next_cursor = base64.b64encode(f"offset:{end}".encode()).decode() if more else ""
+    return {"messages": messages[start:end], "has_more": more, "response_metadata": {"next_cursor": next_cursor}}

@@ -110,6 +110,9 @@ class Bot:
         return chain
 
 
+SUMMARIZE_DEFAULT = 150  # above Discord's page of 100 messages: one default, honoured however many pages it takes
+
+
 @pytest.fixture(name="generator")
 def generator_fixture() -> FakeGenerator:
     return FakeGenerator(" The answer is 4.")
@@ -128,7 +131,7 @@ def checkpoints_fixture(tmp_path: Path) -> Path:
 def manager_fixture(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
     return ConversationManager(
         store, generator, _TOKENIZER, AdminPolicy({"discord": [p.ADMIN_ID]}), RateLimiter(1000), checkpoints,
-        ManagerConfig(defaults=DEFAULTS, request_timeout_s=60, summarize_default=50),
+        ManagerConfig(defaults=DEFAULTS, request_timeout_s=60, summarize_default=SUMMARIZE_DEFAULT),
     )
 
 
