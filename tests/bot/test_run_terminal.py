@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -44,3 +45,25 @@ def test_chat_in_the_terminal(tmp_path: Path) -> None:
         child.close()
     assert child.exitstatus == 0
     assert (tmp_path / "data" / "scratchbot.db").exists()
+
+
+def test_a_paste_longer_than_the_terminals_line_limit_is_read_whole(tmp_path: Path) -> None:
+    """A terminal's own line editing keeps 4,095 bytes of a line and drops the rest without a word."""
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=3), checkpoint)
+    child = spawn(tmp_path, SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_MAX_NEW_TOKENS="4")
+    paste = " ".join(f"word{i}" for i in range(1500))  # about 10,000 characters
+    try:
+        child.expect_exact("you> ")
+        for start in range(0, len(paste), 500):  # as a terminal delivers a paste: in pieces
+            child.send(paste[start : start + 500])
+        child.sendline("")
+        child.expect_exact("bot> ", timeout=120)
+        child.expect_exact("you> ", timeout=120)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    with sqlite3.connect(tmp_path / "data" / "scratchbot.db") as db:
+        stored = [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
+    assert stored == [paste]

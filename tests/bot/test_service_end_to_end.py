@@ -138,4 +138,4 @@ async def test_the_console_adapter_chats_and_runs_commands(store, checkpoints) -
     assert out.startswith("scratchbot: chatting with first.safetensors")
     assert out.count("you> ") == 5  # four lines, then end of input
     assert "bot> Model: first.safetensors" in out
-    assert "bot> Done: I deleted 1 stored message of yours." in out
+    assert "bot> Done: I deleted 2 stored messages of yours." in out  # the terminal conversation, whole
