@@ -10,8 +10,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, so a code change does not reinstall torch.
 COPY constraints.txt ./
-RUN pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0
-COPY pyproject.toml README.md ./
+RUN pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0+cpu
+COPY pyproject.toml README.md LICENSE ./
 COPY llm ./llm
 COPY bot ./bot
 COPY storage ./storage

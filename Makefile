@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The CPU build of torch (about 200 MB): PyPI's own torch wheel for Linux is a multi-GB CUDA build. The first try takes
+# it from wherever pip already looks (this project's machines keep it on disk), the second from PyTorch's CPU index.
+TORCH := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: run test lint bench clean
 
@@ -10,7 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt '$(TORCH)' 2>/dev/null \
+		|| $(BIN)/pip install --quiet -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) '$(TORCH)'
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,discord,slack,postgres]'
 	touch $(STAMP)
 
