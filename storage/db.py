@@ -63,6 +63,17 @@ class DatabaseTimeouts:
         if self.connect_s <= 0 or self.statement_s <= 0:
             raise ValueError(f"database timeouts must be positive, got {self.connect_s} and {self.statement_s}")
 
+    def for_maintenance(self) -> DatabaseTimeouts:
+        """The waits of work no user waits for and that may rightly take long: migrations (a replica starting while
+        another migrates waits for its lock), retention and purges of a large database."""
+        return DatabaseTimeouts(self.connect_s, max(self.statement_s, MAINTENANCE_STATEMENT_S))
+
+
+MAINTENANCE_STATEMENT_S = 600.0
+# The client waits this much longer than the server's statement_timeout, so a slow statement ends with the server's
+# clean cancel (the connection stays usable); only a server that stopped answering hits the client's own limit.
+_CLIENT_MARGIN_S = 2.0
+
 
 DEFAULT_TIMEOUTS = DatabaseTimeouts()
 
@@ -135,14 +146,17 @@ def create_engine(
         _configure_sqlite(engine, busy_timeout_ms=round(timeouts.statement_s * 1000))
     else:
         args.setdefault("timeout", timeouts.connect_s)  # asyncpg: connecting, authentication included
-        args.setdefault("command_timeout", timeouts.statement_s)  # asyncpg: a server that stops answering
-        statement_ms = str(round(timeouts.statement_s * 1000))  # the server's own limit, for a lock wait
+        # asyncpg: a server that stops answering (see _CLIENT_MARGIN_S).
+        args.setdefault("command_timeout", timeouts.statement_s + _CLIENT_MARGIN_S)
+        statement_ms = str(round(timeouts.statement_s * 1000))  # the server's own limit: a slow query, a lock wait
         args["server_settings"] = {"statement_timeout": statement_ms, **args.get("server_settings", {})}
         try:
-            # pool_pre_ping: a PostgreSQL restart must cost a reconnect, not a failed user message.
+            # pool_pre_ping: a PostgreSQL restart must cost a reconnect, not a failed user message. pool_timeout: a
+            # request waits for a free connection as long as for a connection and a statement.
             engine = create_async_engine(
-                parsed, connect_args=args, echo=echo, pool_pre_ping=True, pool_timeout=timeouts.connect_s
-            )
+                parsed, connect_args=args, echo=echo, pool_pre_ping=True,
+                pool_timeout=timeouts.connect_s + timeouts.statement_s,
+            )  # fmt: skip
         except ImportError:
             raise DatabaseURLError(
                 "PostgreSQL needs the asyncpg driver, which is not installed: pip install 'scratchbot[postgres]'"
@@ -186,30 +200,46 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await connection.close()
 
 
+@asynccontextmanager
+async def unavailable_as_error() -> AsyncIterator[None]:
+    """Turn the driver's many ways of saying "the database cannot be used" into one DatabaseUnavailableError, so
+    callers can tell an outage (tell the user, try again later) from a bug (a constraint, a wrong query)."""
+    try:
+        yield
+    except DatabaseUnavailableError:
+        raise
+    except Exception as e:
+        reason = unavailable_reason(e)
+        if reason is None:
+            raise
+        log.debug("database unavailable: %s (%s: %s)", reason, type(e).__name__, e)
+        raise DatabaseUnavailableError(reason) from e
+
+
 def unavailable_reason(error: BaseException) -> str | None:
     """Why the database could not be used, when ``error`` says so (down, hung, full, read-only, locked); None when
-    it is not that kind of failure (a constraint, a bug of ours), which must not be reported as an outage."""
+    it is not that kind of failure (a constraint, a bug of ours), which must not be reported as an outage.
+    ``error`` may be SQLAlchemy's wrapper or the driver's own exception."""
     if isinstance(error, PoolTimeoutError):
         return "no database connection became free in time"
     if isinstance(error, TimeoutError):
         return "the database did not answer in time"
     if isinstance(error, OSError):
-        return f"cannot connect to the database ({error.strerror or error})"
-    if not isinstance(error, DBAPIError):
-        return None
-    orig = error.orig
-    cause = orig.__cause__ if orig is not None else None
-    if isinstance(cause, TimeoutError):
+        return f"the connection to the database failed ({error.strerror or error})"
+    if isinstance(error, DBAPIError):
+        reason = unavailable_reason(error.orig) if error.orig is not None else None
+        return reason or ("the connection to the database was lost" if error.connection_invalidated else None)
+    if isinstance(error.__cause__, TimeoutError):  # asyncpg's timeout, as SQLAlchemy's adapter wraps it
         return "the database did not answer in time"
-    if isinstance(orig, sqlite3.Error):
-        return _SQLITE_REASONS.get(_sqlite_code(orig))
-    if error.connection_invalidated:
-        return "the connection to the database was lost"
-    sqlstate = str(getattr(orig, "sqlstate", None) or "")
+    if isinstance(error, sqlite3.Error):
+        return _SQLITE_REASONS.get(_sqlite_code(error))
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
     for prefix, reason in _POSTGRES_REASONS:
         if sqlstate.startswith(prefix):
             return reason
-    if type(orig).__name__ == "InterfaceError":  # asyncpg: the connection is closed or was never opened
+    # asyncpg's InterfaceError is also raised for our own misuse ("another operation is in progress"): only a closed
+    # connection is an outage.
+    if type(error).__name__ in ("InterfaceError", "ConnectionDoesNotExistError") and "closed" in str(error).lower():
         return "the connection to the database was lost"
     return None
 
@@ -245,10 +275,13 @@ _SQLITE_REPLACE_CONNECTION = ("READONLY", "CANTOPEN", "IOERR", "NOTADB", "CORRUP
 def _configure_postgresql(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
-        # A statement the client gave up on (the server hung) leaves the connection mid-protocol: never reuse it.
-        # Without this a rollback would wait on it once more, and the pool would hand it out again.
-        reason = unavailable_reason(context.original_exception)
-        if reason is not None and not isinstance(context.original_exception, PoolTimeoutError):
+        # A statement the client gave up on (the server hung) leaves the connection mid-protocol, and a server that
+        # became a read-only standby (a failover) keeps answering pings: never reuse such a connection. Without this a
+        # rollback would wait on it once more, and the pool would hand it out again. A statement the server itself
+        # cancelled (statement_timeout) leaves the connection usable.
+        error = context.sqlalchemy_exception or context.original_exception
+        sqlstate = str(getattr(context.original_exception, "sqlstate", None) or "")
+        if unavailable_reason(error) is not None and sqlstate != "57014":
             context.is_disconnect = True
 
 

@@ -29,9 +29,17 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import DEFAULT_TIMEOUTS, DatabaseTimeouts, StorageError, connect, create_engine
+from storage.db import (
+    DEFAULT_TIMEOUTS,
+    DatabaseTimeouts,
+    DatabaseUnavailableError,
+    StorageError,
+    connect,
+    create_engine,
+    unavailable_as_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,7 @@ def upgrade_database_at(url: str, timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS)
     """`upgrade_database` for a URL, from synchronous code (the CLI)."""
 
     async def upgrade() -> SchemaUpgrade:
-        engine = create_engine(url, timeouts=timeouts)
+        engine = create_engine(url, timeouts=timeouts.for_maintenance())
         try:
             return await upgrade_database(engine)
         finally:
@@ -144,25 +152,38 @@ def _check_known(connection: Connection, script: ScriptDirectory) -> str | None:
 
 async def _migrate(engine: AsyncEngine, step: Callable[[Connection, Config], T]) -> T:
     """Run `step` in one transaction on a connection set up for migrating, and commit."""
-    sqlite = engine.dialect.name == "sqlite"
     async with connect(engine) as connection:
-        if sqlite:
-            # Must happen outside a transaction: inside one, SQLite silently ignores this pragma.
-            await connection.run_sync(_execute_outside_transaction, "PRAGMA foreign_keys=OFF")
         try:
-            async with connection.begin():
-                if not sqlite:
-                    await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-                result = await connection.run_sync(step, alembic_config())
-                if sqlite:
-                    # With foreign keys off nothing checked them while tables were rebuilt; check before committing.
-                    broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
-                    if broken:
-                        raise SchemaError(f"the migration would leave rows with dangling references: {broken[:5]}")
-        finally:
+            async with unavailable_as_error():
+                return await _migrate_on(connection, step)
+        except DatabaseUnavailableError as e:
+            shown = engine.url.render_as_string(hide_password=True)
+            raise DatabaseUnavailableError(
+                f"migrating the database {shown} failed: {e}. Check that the server is running and answering, then "
+                "start again (nothing was changed)"
+            ) from e
+
+
+async def _migrate_on(connection: AsyncConnection, step: Callable[[Connection, Config], T]) -> T:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Must happen outside a transaction: inside one, SQLite silently ignores this pragma.
+        await connection.run_sync(_execute_outside_transaction, "PRAGMA foreign_keys=OFF")
+    try:
+        async with connection.begin():
+            if not sqlite:
+                # Waits while another bot process migrates (the maintenance timeout bounds it, not the user one).
+                await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+            result = await connection.run_sync(step, alembic_config())
             if sqlite:
-                # Never hand this connection (foreign keys off) back to the pool.
-                await connection.invalidate()
+                # With foreign keys off nothing checked them while tables were rebuilt; check before committing.
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise SchemaError(f"the migration would leave rows with dangling references: {broken[:5]}")
+    finally:
+        if sqlite:
+            # Never hand this connection (foreign keys off) back to the pool.
+            await connection.invalidate()
     return result
 
 

@@ -23,10 +23,9 @@ from storage.db import (
     DEFAULT_DATABASE_URL,
     DEFAULT_TIMEOUTS,
     DatabaseTimeouts,
-    DatabaseUnavailableError,
     create_engine,
     single_statement_reads,
-    unavailable_reason,
+    unavailable_as_error,
 )
 from storage.migrate import upgrade_database
 from storage.models import (
@@ -62,6 +61,7 @@ from storage.records import (
 log = logging.getLogger(__name__)
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+AUDIT_TEXT_CHARS = 200  # the audit log keeps at most this much of any text it records (an argument, an error)
 
 # The hot-path statements (every message runs them) are built once, with bind parameters: building a statement and
 # its cache key on each call cost as much CPU as executing it. They use the Core tables, so that an insert is one
@@ -79,6 +79,12 @@ _FIND_MESSAGE = select(_MESSAGES).where(
     _MESSAGES.c.conversation_id == bindparam("conversation_id"),
     _MESSAGES.c.platform_message_id == bindparam("platform_message_id"),
 )
+_FIND_STORED = (
+    select(_MESSAGES.c.id)
+    .join(Conversation, _MESSAGES.c.conversation_id == Conversation.id)
+    .where(*_IS_CONVERSATION, _MESSAGES.c.platform_message_id == bindparam("platform_message_id"))
+    .limit(1)
+)
 _HISTORY_NEWEST_FIRST = (
     select(_MESSAGES)
     .join(Conversation, _MESSAGES.c.conversation_id == Conversation.id)
@@ -92,22 +98,26 @@ _HISTORY_NEWEST_FIRST = (
 async def open_store(
     url: str | URL = DEFAULT_DATABASE_URL, timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS
 ) -> AsyncIterator[Store]:
-    """The start-up path: connect, bring the schema to head (or refuse a newer one), and close the pool at exit."""
+    """The start-up path: connect, bring the schema to head (or refuse a newer one), and close the pools at exit."""
     engine = create_engine(url, timeouts=timeouts)
+    maintenance = create_engine(url, timeouts=timeouts.for_maintenance())
     try:
-        await upgrade_database(engine)
-        yield Store(engine)
+        await upgrade_database(maintenance)
+        yield Store(engine, maintenance)
     finally:
         await engine.dispose()
+        await maintenance.dispose()
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, maintenance: AsyncEngine | None = None) -> None:
+        """``maintenance``: the same database under longer timeouts, for retention and purges (default: ``engine``)."""
         self._insert = _INSERTS[engine.dialect.name]
         self._create_conversation = self._insert(_CONVERSATIONS).on_conflict_do_nothing()
         self._add_message = self._insert(_MESSAGES).on_conflict_do_nothing().returning(*_MESSAGES.c)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(single_statement_reads(engine), expire_on_commit=False)
+        self._maintenance_sessions = async_sessionmaker(maintenance or engine, expire_on_commit=False)
 
     # -- conversations and messages ------------------------------------------------------------------------------
 
@@ -153,6 +163,12 @@ class Store:
             first = (await session.execute(_FIND_MESSAGE, row)).one()  # ON CONFLICT means it exists
         log.debug("duplicate message %s in conversation %d ignored", platform_message_id, first.conversation_id)
         return AddedMessage(message=message_record(first), duplicate=True)
+
+    async def is_stored(self, key: ConversationKey, platform_message_id: str) -> bool:
+        """Whether the platform's message is stored in the conversation already (a redelivery)."""
+        async with self._read() as session:
+            found = await session.execute(_FIND_STORED, {**asdict(key), "platform_message_id": platform_message_id})
+            return found.first() is not None
 
     async def recent_history(self, key: ConversationKey, limit: int = 20) -> list[StoredMessage]:
         """The newest `limit` turns of the conversation, oldest first (prompt order); [] for an unknown one."""
@@ -205,7 +221,7 @@ class Store:
         number of messages deleted. Direct conversations are separate tenants and are not touched."""
         check_id("tenant", tenant)
         in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
-        async with self._write() as session:
+        async with self._maintain() as session:
             deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
             await _delete_conversation_rows(session, platform, lambda row: row.tenant == tenant)
         log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
@@ -216,7 +232,7 @@ class Store:
         that were created before it. Running it again with the same cutoff deletes nothing more."""
         cutoff = as_utc(cutoff)
         has_messages = exists().where(Message.conversation_id == Conversation.id)
-        async with self._write() as session:
+        async with self._maintain() as session:
             result = RetentionResult(
                 messages=await _delete(session, delete(Message).where(Message.created_at < cutoff)),
                 conversations=await _delete(
@@ -260,6 +276,8 @@ class Store:
         """Lower the numeric setting ``key`` to ``maximum`` in every channel where it is stored above it (a reload to
         a model with a shorter context). Returns (platform, tenant, channel, old value) of each channel changed."""
         check_id("updated_by", updated_by)
+        if maximum < 1:
+            raise ValueError(f"a setting lowered to {maximum} would refuse every request; the maximum must be >= 1")
         lowered: list[tuple[str, str, str, int]] = []
         async with self._write() as session:
             rows = await session.scalars(select(ChannelSetting).with_for_update())
@@ -278,12 +296,12 @@ class Store:
         self, *, name: str, sha256: str | None, requested_by: str, succeeded: bool, detail: str = ""
     ) -> CheckpointLoadRecord:
         row = CheckpointLoad(
-            name=check_text(name),
+            name=_for_audit(name),
             sha256=check_sha256(sha256) if sha256 is not None else None,
             requested_by=check_id("requested_by", requested_by),
             created_at=utc_now(),
             succeeded=succeeded,
-            detail=check_text(detail),
+            detail=_for_audit(detail),
         )
         async with self._write() as session:
             session.add(row)
@@ -314,8 +332,8 @@ class Store:
             tenant=check_id("tenant", tenant),
             actor_id=check_id("actor_id", actor_id),
             action=action,
-            target=check_text(target),
-            detail=dict(detail or {}),
+            target=_for_audit(target),
+            detail={k: _for_audit(v) if isinstance(v, str) else v for k, v in (detail or {}).items()},
         )
         async with self._write() as session:
             session.add(row)
@@ -352,12 +370,18 @@ class Store:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction; a database that cannot be used raises DatabaseUnavailableError (nothing written)."""
-        async with _unavailable_as_error(), self._sessions.begin() as session:
+        async with unavailable_as_error(), self._sessions.begin() as session:
             yield session
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
-        async with _unavailable_as_error(), self._read_sessions() as session:
+        async with unavailable_as_error(), self._read_sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _maintain(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction of bulk work no user waits for, under the longer maintenance timeouts."""
+        async with unavailable_as_error(), self._maintenance_sessions.begin() as session:
             yield session
 
     async def _conversation(self, session: AsyncSession, key: ConversationKey) -> tuple[int, datetime]:
@@ -372,25 +396,12 @@ class Store:
         return row.id, row.created_at
 
 
-@asynccontextmanager
-async def _unavailable_as_error() -> AsyncIterator[None]:
-    """Turn the driver's many ways of saying "the database cannot be used" into one DatabaseUnavailableError, so
-    callers can tell an outage (tell the user, try again later) from a bug (a constraint, a wrong query)."""
-    try:
-        yield
-    except DatabaseUnavailableError:
-        raise
-    except Exception as e:
-        reason = unavailable_reason(e)
-        if reason is None:
-            raise
-        log.warning("database unavailable: %s (%s: %s)", reason, type(e).__name__, _first_line(e))
-        raise DatabaseUnavailableError(reason) from e
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+def _for_audit(text: str) -> str:
+    """At most AUDIT_TEXT_CHARS characters, with a visible mark where it was cut (the audit log outlives `forget`
+    and retention, so it keeps no more of what anyone typed than it needs), and storable: the record of a refused
+    command must not fail on the character that got it refused."""
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= AUDIT_TEXT_CHARS else text[: AUDIT_TEXT_CHARS - 1] + "…"
 
 
 async def _delete(session: AsyncSession, statement: Delete) -> int:
