@@ -3,9 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU build of torch (about 200 MB): PyPI's own torch wheel for Linux is a multi-GB CUDA build. The first try takes
-# it from wherever pip already looks (this project's machines keep it on disk), the second from PyTorch's CPU index.
-TORCH := torch==2.13.0+cpu
+# The CPU build of torch (about 200 MB): PyPI's own torch wheel for Linux x86_64 is a multi-GB CUDA build. The first
+# try takes it from wherever pip already looks (this project's machines keep it on disk), the second from PyTorch's
+# CPU index. Elsewhere PyPI's torch is the CPU build (see constraints.txt).
+TORCH := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && echo torch==2.13.0+cpu || echo torch==2.13.0)
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: run test lint bench clean

@@ -18,7 +18,7 @@ from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig, ChannelSettings, SettingError, describe, parse_setting
 from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
 from bot.generation import Generator, ModelInfo, ReloadFailed
-from llm.prompts import Encoder, max_new_tokens_limit
+from llm.prompts import Encoder, answer_length_problem, max_new_tokens_limit
 from storage.db import DatabaseUnavailableError
 from storage.store import Store
 
@@ -28,7 +28,6 @@ NOT_ADMIN = "Sorry, only the bot's admins can do that: it changes the bot for ev
 # Longest argument an admin command takes (a checkpoint name, a setting and its value): anything longer is a paste
 # gone wrong, and would be echoed into answers and the audit log.
 MAX_ARGUMENT_CHARS = 200
-AUDIT_TEXT_CHARS = 200  # the audit log keeps at most this much of any text it records
 LOWERED_LISTED = 20  # channels named one by one in a reload's audit entry; the rest are counted
 
 
@@ -134,17 +133,31 @@ class AdminCommands:
         return lowered
 
     async def _record_reload(
-        self, platform: str, tenant: str, actor_id: str, name: str, sha256: str | None, detail: dict[str, Any],
-        *, ok: bool,
+        self,
+        platform: str,
+        tenant: str,
+        actor_id: str,
+        name: str,
+        sha256: str | None,
+        detail: dict[str, Any],
+        *,
+        ok: bool,
     ) -> None:
         try:
             await self._store.record_checkpoint_load(
-                name=_cap(name), sha256=sha256, requested_by=f"{platform}:{actor_id}", succeeded=ok,
-                detail=_cap(str(detail.get("error") or "")),
+                name=name,
+                sha256=sha256,
+                requested_by=f"{platform}:{actor_id}",
+                succeeded=ok,
+                detail=str(detail.get("error") or ""),
             )
             await self._store.record_audit(
-                platform=platform, tenant=tenant, actor_id=actor_id, action="checkpoint.reload", target=_cap(name),
-                detail={"ok": ok, **{k: _cap(v) if isinstance(v, str) else v for k, v in detail.items()}},
+                platform=platform,
+                tenant=tenant,
+                actor_id=actor_id,
+                action="checkpoint.reload",
+                target=name,
+                detail={"ok": ok, **detail},
             )
         except DatabaseUnavailableError as e:
             # The swap itself happened (or was refused) whatever the database says; the log keeps the record.
@@ -162,18 +175,20 @@ class AdminCommands:
             return
         if not await self._admin_only(incoming, reply, "channel.settings", incoming.text):
             return
-        if len(words) != 2 or len(incoming.text.strip()) > MAX_ARGUMENT_CHARS:
-            await reply.send("Usage: settings <key> <value> (or 'default' to reset); settings alone shows them.")
-            return
         try:
+            if len(incoming.text.strip()) > MAX_ARGUMENT_CHARS:
+                raise SettingError(f"a setting and its value take at most {MAX_ARGUMENT_CHARS} characters")
+            if len(words) != 2:
+                raise SettingError("usage: settings <key> <value> (or 'default' to reset); settings alone shows them")
             name, value = parse_setting(words[0], words[1])
-            if name == "max_new_tokens" and value is not None and value > (limit := self.answer_limit()):
+            if name == "max_new_tokens" and value is not None:
                 info = self._generator.info
-                raise SettingError(
-                    f"max_new_tokens: at most {limit} for the model now serving ({info.name}, a context of "
-                    f"{info.context_length} tokens): the prompt needs the rest"
-                )
+                if problem := answer_length_problem(value, info.context_length, self._encoder):
+                    raise SettingError(
+                        f"max_new_tokens {value} is too long for the model now serving ({info.name}): {problem}"
+                    )
         except SettingError as e:
+            await self._audit(incoming, "channel.settings", incoming.text, ok=False, error=str(e))
             await reply.send(f"Not changed: {e}")
             return
         merged = await self._channel_settings.update(key, {name: value}, incoming.author_id)
@@ -192,14 +207,13 @@ class AdminCommands:
 
     async def _audit(self, incoming: Incoming, action: str, target: str, **detail: object) -> None:
         await self._store.record_audit(
-            platform=incoming.platform, tenant=incoming.tenant, actor_id=incoming.author_id, action=action,
-            target=_cap(target), detail={k: _cap(v) if isinstance(v, str) else v for k, v in detail.items()},
+            platform=incoming.platform,
+            tenant=incoming.tenant,
+            actor_id=incoming.author_id,
+            action=action,
+            target=target,
+            detail=detail,
         )
-
-
-def _cap(text: str, limit: int = AUDIT_TEXT_CHARS) -> str:
-    """At most ``limit`` characters, with a visible mark where it was cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _lowered_note(result: ReloadResult, default: int) -> str:

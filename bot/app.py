@@ -26,7 +26,7 @@ from bot.jobs import STOP_GRACE_S, CheckpointWatcher, build_jobs
 from bot.ratelimit import RateLimiter
 from bot.settings import Settings
 from llm.checkpoints import load_checkpoint
-from llm.prompts import Encoder, max_new_tokens_limit, min_prompt_tokens
+from llm.prompts import Encoder, answer_length_problem
 from llm.tokenizer import Tokenizer
 from storage.store import open_store
 
@@ -146,20 +146,14 @@ async def run_service(
 
 
 def check_answer_length(settings: Settings, context_length: int, name: str, encoder: Encoder) -> None:
-    """Refuse SCRATCHBOT_MAX_NEW_TOKENS when the model's context cannot hold it beside a prompt: every message
-    would fail. The default is not refused: the conversation layer lowers it to what the model allows."""
-    limit = max_new_tokens_limit(context_length, encoder)
-    if limit < 1:
-        raise StartupError(
-            f"{name} has a context of only {context_length} tokens, too short for the chapter-7 prompt template "
-            f"({min_prompt_tokens(encoder)} tokens); serve a model with a longer context"
-        )
-    if settings.is_set("max_new_tokens") and settings.max_new_tokens > limit:
-        raise StartupError(
-            f"SCRATCHBOT_MAX_NEW_TOKENS={settings.max_new_tokens} does not fit {name}, whose context is "
-            f"{context_length} tokens: the prompt needs at least {min_prompt_tokens(encoder)} of them. "
-            f"Set it to at most {limit}"
-        )
+    """Refuse a model too small for the prompt template, and a SCRATCHBOT_MAX_NEW_TOKENS its context cannot hold
+    beside a prompt: every message would fail. The default is not refused: it is lowered to what the model allows."""
+    if problem := answer_length_problem(1, context_length, encoder):
+        raise StartupError(f"{name} cannot be served: {problem}; serve a model with a longer context")
+    if settings.is_set("max_new_tokens") and (
+        problem := answer_length_problem(settings.max_new_tokens, context_length, encoder)
+    ):
+        raise StartupError(f"SCRATCHBOT_MAX_NEW_TOKENS={settings.max_new_tokens} is too long for {name}: {problem}")
 
 
 async def serve_platforms(adapters: list[PlatformAdapter]) -> int:

@@ -41,11 +41,11 @@ class ChannelConfig:
         return ChannelConfig(**{**self.__dict__, **known})
 
     def fitted(self, max_new_tokens_limit: int) -> ChannelConfig:
-        """This config with the answer length lowered to what the serving model's context allows: a value stored
-        for a larger model (or a default above it) must not make every message of a channel fail."""
-        if self.max_new_tokens <= max_new_tokens_limit:
-            return self
-        return replace(self, max_new_tokens=max(1, max_new_tokens_limit))
+        """This config with the answer length brought within what the serving model's context allows (and at least
+        1): a value stored for a larger model, a default above it, or a damaged row must not make every message of a
+        channel fail."""
+        fitted = max(1, min(self.max_new_tokens, max_new_tokens_limit))
+        return self if fitted == self.max_new_tokens else replace(self, max_new_tokens=fitted)
 
     def sampling(self) -> dict[str, Any]:
         return {
@@ -124,14 +124,17 @@ class ChannelSettings:
         self._store = store
         self._ttl_s = ttl_s
         self._cache: dict[ChannelKey, tuple[float, dict[str, Any]]] = {}
+        self._changes = 0  # counts writes: a read that began before one must not cache what it read
 
     async def get(self, key: ChannelKey) -> dict[str, Any]:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         platform, tenant, channel = key
+        changes = self._changes
         stored = await self._store.get_channel_settings(platform=platform, tenant=tenant, channel=channel)
-        self.remember(key, stored)
+        if changes == self._changes:
+            self.remember(key, stored)
         return stored
 
     async def update(self, key: ChannelKey, changes: Mapping[str, Any], updated_by: str) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class ChannelSettings:
         merged = await self._store.update_channel_settings(
             platform=platform, tenant=tenant, channel=channel, changes=changes, updated_by=updated_by
         )
+        self._changes += 1
         self.remember(key, merged)
         return merged
 
@@ -149,4 +153,5 @@ class ChannelSettings:
 
     def forget_all(self) -> None:
         """Drop every cached value (after a change made behind the cache's back, e.g. a clamp on reload)."""
+        self._changes += 1
         self._cache.clear()

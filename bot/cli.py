@@ -102,22 +102,25 @@ def settings_for(args: argparse.Namespace) -> Settings:
 def answer_length(settings: Settings, args: argparse.Namespace, context_length: int, *, raw: bool = False) -> int:
     """The answer length to use on a model of ``context_length``: the flag or setting if the context holds it beside
     a prompt, a UserError if it was asked for and does not fit, the default lowered to fit if it was not asked for."""
-    from llm.prompts import max_new_tokens_limit
+    from llm.prompts import answer_length_problem, max_new_tokens_limit
     from llm.tokenizer import Tokenizer
 
-    limit = context_length - 1 if raw else max_new_tokens_limit(context_length, Tokenizer())
+    tokenizer = Tokenizer()
     wanted = settings.max_new_tokens
-    if wanted <= limit:
+    problem = answer_length_problem(wanted, context_length, tokenizer, raw=raw)
+    if problem is None:
         return wanted
-    if args.max_new_tokens is not None or settings.is_set("max_new_tokens"):
-        source = "--max-new-tokens" if args.max_new_tokens is not None else "SCRATCHBOT_MAX_NEW_TOKENS"
-        need = "a prompt" if raw else "the prompt template and a message"
+    asked = args.max_new_tokens is not None or settings.is_set("max_new_tokens")
+    if asked or answer_length_problem(1, context_length, tokenizer, raw=raw):
+        source = "--max-new-tokens " if args.max_new_tokens is not None else "SCRATCHBOT_MAX_NEW_TOKENS="
         raise UserError(
-            f"{source} {wanted} does not fit this model's context of {context_length} tokens beside {need}; "
-            f"use at most {max(limit, 1)}"
+            f"{source}{wanted} is too long for this model: {problem}"
+            if asked
+            else f"this model cannot answer: {problem}"
         )
+    limit = max_new_tokens_limit(context_length, tokenizer, raw=raw)
     log.info("max_new_tokens %d lowered to %d for a context of %d tokens", wanted, limit, context_length)
-    return max(limit, 1)
+    return limit
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

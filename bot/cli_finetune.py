@@ -64,12 +64,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune on Alpaca-format instruction data exactly as chapter 7 of the book does (its split, batch 8, AdamW
     5e-5, weight decay 0.1, 2 epochs, seed 123), by default with a faster loop that optimises the same loss, or with
     --exact the book's own loop. Writes OUT (safetensors), OUT-loss.png and OUT-history.json."""
-    from bot.cli import UserError, settings_for
+    from bot.cli import UserError
+    from bot.settings import load_settings
     from llm.assets import INSTRUCTION_DATA
     from llm.data import DataError
     from llm.finetune import FinetuneConfig, FinetuneError, finetune
 
-    settings = settings_for(argparse.Namespace())  # the training device is not the serving one unless it was set
+    settings = load_settings()  # the training device is not the serving one, unless SCRATCHBOT_DEVICE was set
     device = args.device or (settings.device if settings.is_set("device") else "auto")
     fresh = ("emb_dim", "n_layers", "context_length") + (("n_heads",) if args.init else ())
     shape = {name: value for name in fresh if (value := getattr(args, name)) is not None}

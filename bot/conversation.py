@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters.base import SUMMARIZE_MAX, Incoming, Reply, summarize_count, translate_args
+from bot.adapters.base import SUMMARIZE_MAX, Incoming, ReadRefused, Reply, summarize_count, translate_args
 from bot.admin import AdminCommands, ReloadResult
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig, ChannelSettings
@@ -110,11 +110,6 @@ class ConversationManager:
     def generator(self) -> Generator:
         return self._generator
 
-    @property
-    def summarize_default(self) -> int:
-        """Messages a summary reads when the user gives no count; adapters fetch this many from their platform."""
-        return self._config.summarize_default
-
     async def handle(self, incoming: Incoming, reply: Reply) -> None:
         """Answer one message or command. Never raises: this is the per-message error boundary."""
         progress = _Progress()
@@ -123,6 +118,8 @@ class ConversationManager:
                 log.info("%s event %s delivered again; answered already", incoming.platform, incoming.event_id)
                 return
             await self._handlers[incoming.command](incoming, reply, progress)
+        except ReadRefused:
+            return  # the adapter has told the user why it could not read the conversation
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -158,25 +155,34 @@ class ConversationManager:
         if not incoming.text.strip():
             await reply.send(HELP)
             return
+        key = _key(incoming)
+        config = await self._channel_config(incoming)
+        if not config.enabled:
+            return  # an admin switched chat off here; commands still work
         if len(incoming.text) > MAX_MESSAGE_CHARS:
             await reply.send(
                 f"Your message is {len(incoming.text):,} characters long; I take at most {MAX_MESSAGE_CHARS:,}. "
                 "Please send a shorter one."
             )
             return
-        key = _key(incoming)
-        config = await self._channel_config(incoming)
-        if not config.enabled:
-            return  # an admin switched chat off here; commands still work
         # Before storing: a message that is not answered for now is not kept either (the user sends it again).
-        if not await self._allowed(incoming, reply):
-            return
-        added = await self._store.add_message(
-            key, role=Role.USER, author_id=incoming.author_id, text=incoming.text,
-            platform_message_id=incoming.message_id,
-        )
+        counted = self._counts_against_limit(incoming)
+        if counted and (wait := self._limiter.check(_sender(incoming))):
+            if incoming.message_id is None or not await self._store.is_stored(key, incoming.message_id):
+                await reply.send(_wait_message(wait))
+            return  # else: a redelivery of a message answered already, which the user sent once
+        try:
+            added = await self._store.add_message(
+                key, role=Role.USER, author_id=incoming.author_id, text=incoming.text,
+                platform_message_id=incoming.message_id,
+            )
+        except Exception:
+            if counted:  # not stored: the user is told to send it again, which must not count twice
+                self._limiter.refund(_sender(incoming))
+            raise
         if added.duplicate:
-            self._limiter.refund(_sender(incoming))  # the platform delivered it again; the user sent it once
+            if counted:  # the platform delivered it again; the user sent it once
+                self._limiter.refund(_sender(incoming))
             log.info("message %s delivered again; answered already", incoming.message_id)
             return
         progress.saved = True
@@ -226,15 +232,16 @@ class ConversationManager:
                 )
                 return
             count = typed
-        if incoming.transcript is not None:
-            lines = [f"{line.author}: {line.text}" for line in incoming.transcript][-count:]
+        if not await self._allowed(incoming, reply):
+            return
+        read = await incoming.transcript(count) if incoming.transcript is not None else None
+        if read is not None:
+            lines = [f"{line.author}: {line.text}" for line in read][-count:]
         else:
             stored = await self._store.recent_history(_key(incoming), limit=count)
             lines = [f"{'bot' if m.role is Role.ASSISTANT else m.author_id}: {m.text}" for m in stored]
         if not lines:
             await reply.send("There is nothing here to summarize yet.")
-            return
-        if not await self._allowed(incoming, reply):
             return
         config = await self._channel_config(incoming)
         transcript = await asyncio.to_thread(self._newest_lines, lines, config)
@@ -324,14 +331,14 @@ class ConversationManager:
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
+    def _counts_against_limit(self, incoming: Incoming) -> bool:
+        # The person running the bot is not limited by the bot.
+        return not self._admins.is_operator(incoming.platform, is_owner=incoming.author_is_owner)
+
     async def _allowed(self, incoming: Incoming, reply: Reply) -> bool:
-        if self._admins.is_operator(incoming.platform, is_owner=incoming.author_is_owner):
-            return True  # the person running the bot is not limited by the bot
-        wait = self._limiter.check(_sender(incoming))
+        wait = self._limiter.check(_sender(incoming)) if self._counts_against_limit(incoming) else 0.0
         if wait:
-            await reply.send(
-                f"You're sending messages faster than I can answer; please wait {wait:.0f} s and send it again."
-            )
+            await reply.send(_wait_message(wait))
         return not wait
 
     async def _channel_config(self, incoming: Incoming) -> ChannelConfig:
@@ -341,6 +348,10 @@ class ConversationManager:
 
 def _key(incoming: Incoming) -> ConversationKey:
     return ConversationKey(incoming.platform, incoming.tenant, incoming.channel, incoming.thread)
+
+
+def _wait_message(wait_s: float) -> str:
+    return f"You're sending messages faster than I can answer; please wait {wait_s:.0f} s and send it again."
 
 
 def _sender(incoming: Incoming) -> tuple[str, str]:

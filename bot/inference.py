@@ -36,6 +36,7 @@ from llm.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from llm.engine import Engine
 from llm.generate import SamplingParams, fit_prompt, generate_tokens
 from llm.model import GPTModel
+from llm.prompts import answer_length_problem
 from llm.quantize import MODES, Mode, quantize_model
 from llm.tokenizer import Tokenizer
 
@@ -191,6 +192,8 @@ class LocalGenerator:
     def _load_and_check(self, path: Path, name: str) -> Served:
         """Runs on a side thread: the worker keeps serving the old model meanwhile."""
         checkpoint = load_checkpoint(path, device=self._device)
+        if problem := answer_length_problem(1, checkpoint.config.context_length, self._tokenizer):
+            raise ReloadFailed(f"{name} cannot serve chat: {problem}")
         vocab = checkpoint.config.vocab_size
         if vocab != self._tokenizer.vocab_size:
             raise ReloadFailed(

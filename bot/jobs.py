@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.checkpoint_names import list_checkpoints
 from bot.draining import drain
+from llm.checkpoints import book_config_path
 from storage.records import RetentionResult
 from storage.store import Store
 
@@ -68,11 +69,11 @@ class CheckpointWatcher:
 
 
 def _signature(path: Path) -> tuple[str, float, int]:
-    if path.is_dir():
-        files = [f for f in path.iterdir() if f.is_file()]
-        return path.name, max((f.stat().st_mtime for f in files), default=0.0), sum(f.stat().st_size for f in files)
-    stat = path.stat()
-    return path.name, stat.st_mtime, stat.st_size
+    """What changes when a checkpoint does: its files' times and sizes, the config beside a book `.pth` included
+    (adding the missing one makes a refused file worth trying again)."""
+    files = [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path, book_config_path(path)]
+    stats = [f.stat() for f in files if f.exists()]
+    return path.name, max((s.st_mtime for s in stats), default=0.0), sum(s.st_size for s in stats)
 
 
 class Jobs:

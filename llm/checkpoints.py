@@ -158,9 +158,10 @@ def save_checkpoint(
             _write_atomically(path, lambda tmp: save_file(_for_file(state_dict), tmp, header))
         else:
             book = _with_book_masks(_for_file(state_dict), config)
-            _write_atomically(path, lambda tmp: torch.save(book, tmp))
             book_config = json.dumps({k: config.to_dict()[k] for k in BOOK_CONFIG_KEYS}, indent=2) + "\n"
+            # The config first: a reader that sees the new weights must not find the old file's head count.
             _write_atomically(book_config_path(path), lambda tmp: tmp.write_text(book_config))
+            _write_atomically(path, lambda tmp: torch.save(book, tmp))
     log.info("saved %s checkpoint %s (%s)", format, path, _describe(config))
     return path
 
@@ -274,12 +275,17 @@ def _read(path: Path, n_heads: int | None) -> _Read:
             raise CheckpointError(f"{config_json} describes a model unlike GPT-2: {'; '.join(problems)}")
         state_dict, origin = hf_layout.hf_to_book(tensors)
         heads = hf_config.get("n_head", hf_config.get("num_attention_heads"))
+        if heads is not None and saved is not None and _heads(heads, config_json) != saved.n_heads:
+            raise CheckpointError(
+                f"{weights}: its metadata says {saved.n_heads} attention heads but {config_json} says {heads}; one of "
+                "them was edited: export the model again"
+            )
         if saved is None and heads is not None:
             recorded_heads = _heads(heads, config_json), str(config_json)
     elif "tok_emb.weight" in tensors:
         fmt = "safetensors" if container == "safetensors" else "book"
         state_dict = {k: v for k, v in tensors.items() if not _MASK_BUFFER.match(k)}
-        if fmt == "book" and (sidecar := book_config_path(weights)).is_file():
+        if saved is None and (sidecar := book_config_path(weights)).is_file():
             book = _read_json(sidecar)
             if "n_heads" not in book:
                 raise CheckpointError(f"{sidecar} has no n_heads; write the book's GPT_CONFIG there (n_heads: ...)")
@@ -299,10 +305,13 @@ def _read(path: Path, n_heads: int | None) -> _Read:
     try:
         config = saved if saved is not None else infer_config(state_dict, heads)
     except UnknownHeadCountError as e:
-        raise CheckpointError(
-            f"{weights}: {e}. Give the head count (--n-heads N), or write {book_config_path(weights).name} beside "
-            "it with the book's GPT_CONFIG ('scratchbot convert SRC DST --format book --n-heads N' writes both)"
-        ) from e
+        beside = (
+            f"put Hugging Face's config.json (with n_head) beside it as {weights.parent / 'config.json'}"
+            if fmt == "hf"
+            else f"write {book_config_path(weights).name} beside it with the book's GPT_CONFIG ('scratchbot convert "
+            "SRC DST --format book --n-heads N' writes both)"
+        )
+        raise CheckpointError(f"{weights}: {e}. Give the head count (--n-heads N), or {beside}") from e
     except (ValueError, TypeError) as e:  # ConfigError: not a GPT state dict, or heads that do not divide the width
         raise CheckpointError(f"{weights}: {e}") from e
     if fmt == "hf" and not config.qkv_bias:
@@ -502,9 +511,13 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it; put it straight back
-    os.umask(mask)
-    return mask
+    try:  # Linux says it without changing it
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^Umask:\s*([0-7]+)$", status, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        mask = os.umask(0o022)  # elsewhere reading it means setting it; put it straight back
+        os.umask(mask)
+        return mask
 
 
 def _config_json(config: GPTConfig) -> str:

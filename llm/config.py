@@ -35,6 +35,8 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.drop_rate < 1:
+            raise ConfigError(f"drop_rate is a probability from 0 up to (not including) 1, got {self.drop_rate}")
 
     @property
     def head_dim(self) -> int:

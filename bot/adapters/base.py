@@ -7,7 +7,7 @@ as text streams, splitting at the platform's length limit); the core never sees 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,17 @@ class TranscriptLine:
     text: str
 
 
+class ReadRefused(Exception):  # noqa: N818 (what happened, not an error of ours)
+    """The platform would not let the bot read the conversation (no access, rate limited); the adapter has already
+    told the user why, so there is nothing more to say."""
+
+
+# Reads the conversation's newest ``count`` messages from the platform, oldest first, for `summarize`: None when the
+# platform shows no text (the core then summarizes what it has stored), ReadRefused after telling the user. Called
+# by the core only after it has checked the request (a redelivery, a bad count, the rate limit).
+TranscriptReader = Callable[[int], Awaitable[tuple[TranscriptLine, ...] | None]]
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message or command addressed to the bot, stripped of everything platform-specific."""
@@ -44,7 +55,7 @@ class Incoming:
     event_id: str | None = None  # the platform's delivery id (Slack's event_id): a redelivered event is dropped
     is_dm: bool = False
     author_is_owner: bool = False  # the platform itself says this user owns the bot application
-    transcript: tuple[TranscriptLine, ...] | None = None  # `summarize` over what the platform returned
+    transcript: TranscriptReader | None = None  # `summarize` reads the platform's conversation through it
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:

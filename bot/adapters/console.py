@@ -162,8 +162,10 @@ def _lines(stream: TextIO, out: TextIO) -> Iterator[_Lines]:
         stream.reconfigure(errors="surrogateescape")
     if stream is sys.stdin and stream.isatty() and out is sys.stdout:
         with _terminal_restored(stream):
-            import readline  # noqa: F401  (imported for its effect: input() reads through it)
+            import readline  # input() reads through it once imported
 
+            # Python turns readline's bracketed paste off; on, a pasted block arrives as one line, newlines and all.
+            readline.parse_and_bind("set enable-bracketed-paste on")
             yield _Lines(lambda: _typed(PROMPT))
         return
 

@@ -28,9 +28,9 @@ from bot.adapters.base import (
     SUMMARIZE_MAX,
     Incoming,
     TranscriptLine,
+    TranscriptReader,
     parse_command,
     quote_language,
-    summarize_count,
 )
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
@@ -131,10 +131,7 @@ class DiscordAdapter:
         with self._answer_in_progress():  # from here on, before any await: `close` waits for this answer
             text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
             command, args = parse_command(text)
-            transcript = None
-            if command == "summarize":
-                count = summarize_count(args) or self._manager.summarize_default
-                transcript = await _transcript(message.channel, count, before=message)
+            transcript = _reader(message.channel, before=message) if command == "summarize" else None
             channel = message.channel
             if message.guild is not None and isinstance(channel, discord.PartialMessageable):
                 channel = await self._fetch_channel(channel.id) or channel  # an uncached thread: find its parent
@@ -153,7 +150,7 @@ class DiscordAdapter:
         command: str,
         text: str,
         message_id: str | None,
-        transcript: tuple[TranscriptLine, ...] | None = None,
+        transcript: TranscriptReader | None = None,
     ) -> Incoming:
         if guild is None:
             tenant, where, thread = dm_tenant(str(author.id)), str(getattr(channel, "id", "")), ""
@@ -207,7 +204,7 @@ class DiscordAdapter:
 
     async def command(
         self, interaction: discord.Interaction, command: str, text: str = "", *, ephemeral: bool = False,
-        transcript_of: discord.abc.Messageable | None = None, count: int | None = None,
+        transcript_of: discord.abc.Messageable | None = None,
         before: discord.Message | None = None,
     ) -> None:
         """Defer (Discord wants an answer within 3 s), then let the core answer into the deferred response."""
@@ -220,9 +217,7 @@ class DiscordAdapter:
             except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
                 log.warning("could not defer /%s: %s", command, e)
                 return
-            transcript = None
-            if transcript_of is not None:
-                transcript = await _transcript(transcript_of, count or self._manager.summarize_default, before=before)
+            transcript = _reader(transcript_of, before=before) if transcript_of is not None else None
             incoming = self._incoming(
                 interaction.channel, interaction.guild, interaction.user, command, text, None, transcript
             )
@@ -248,9 +243,7 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
     async def summarize(
         interaction: discord.Interaction, count: app_commands.Range[int, 1, SUMMARIZE_MAX] | None = None
     ):
-        await adapter.command(
-            interaction, "summarize", str(count or ""), transcript_of=interaction.channel, count=count
-        )
+        await adapter.command(interaction, "summarize", str(count or ""), transcript_of=interaction.channel)
 
     @app_commands.command(name="translate", description="Translate text into another language")
     @app_commands.describe(language="Into which language, e.g. German", text="The text to translate")
@@ -377,20 +370,22 @@ async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
         yield
 
 
-async def _transcript(
-    channel: object, count: int, *, before: discord.Message | discord.Object | None = None
-) -> tuple[TranscriptLine, ...] | None:
-    """Recent messages for a summary, oldest first; None (the core then uses its stored history) when the channel
-    cannot be read or shows no text (without the message content intent, others' messages arrive empty)."""
-    if not isinstance(channel, discord.abc.Messageable):
-        return None
-    try:
-        messages = [m async for m in channel.history(limit=count, before=before)]
-    except discord.HTTPException as e:
-        log.info("cannot read history for a summary (%s); using stored history", e.status)
-        return None
-    lines = tuple(TranscriptLine(m.author.display_name, m.content) for m in reversed(messages) if m.content.strip())
-    return lines or None
+def _reader(channel: object, *, before: discord.Message | discord.Object | None = None) -> TranscriptReader:
+    """Reads recent messages for a summary, oldest first; None (the core then uses its stored history) when the
+    channel cannot be read or shows no text (without the message content intent, others' messages arrive empty)."""
+
+    async def read(count: int) -> tuple[TranscriptLine, ...] | None:
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        try:
+            messages = [m async for m in channel.history(limit=count, before=before)]
+        except discord.HTTPException as e:
+            log.info("cannot read history for a summary (%s); using stored history", e.status)
+            return None
+        lines = (TranscriptLine(m.author.display_name, m.content) for m in reversed(messages) if m.content.strip())
+        return tuple(lines) or None
+
+    return read
 
 
 def _after(message: discord.Message) -> discord.Object:  # a `before` bound that includes the message itself

@@ -33,7 +33,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import Incoming, parse_command, summarize_count
+from bot.adapters.base import Incoming, parse_command
 from bot.adapters.redaction import install_redaction
 from bot.adapters.slack_commands import (
     COMMANDS,
@@ -254,9 +254,7 @@ class SlackAdapter:
         reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
-            transcript = await self._commands.read(reply, channel, event.get("thread_ts"), summarize_count(text))
-            if transcript is None:
-                return
+            transcript = self._commands.reader(reply, channel, event.get("thread_ts"))
         incoming = Incoming(
             platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user,
             text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,

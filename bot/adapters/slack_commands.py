@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from bot.adapters.base import Incoming, TranscriptLine, quote_language, summarize_count
+from bot.adapters.base import Incoming, ReadRefused, TranscriptLine, TranscriptReader, quote_language
 from bot.adapters.slack_reply import (
     ChannelSink,
     Ephemeral,
@@ -74,12 +74,7 @@ class SlackCommands:
         team, user, channel = str(command["team_id"]), str(command["user_id"]), str(command["channel_id"])
         text = str(command.get("text") or "").strip()
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
-        transcript = None
-        count = summarize_count(text)
-        if name == "summarize" and (not text or count):  # a bad count: the core says how
-            transcript = await self.read(reply, channel, None, count)
-            if transcript is None:
-                return
+        transcript = self.reader(reply, channel, None) if name == "summarize" else None
         incoming = Incoming(
             platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
             command=name, is_dm=channel.startswith("D"), transcript=transcript,
@@ -93,9 +88,7 @@ class SlackCommands:
         reply = self._reply(channel, root, user, respond if shortcut.get("response_url") else None)
         transcript, text = None, ""
         if command == "summarize":
-            transcript = await self.read(reply, channel, root, THREAD_READ_CAP)
-            if transcript is None:
-                return
+            transcript = self.reader(reply, channel, root)
         else:
             text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
         incoming = Incoming(
@@ -114,19 +107,21 @@ class SlackCommands:
             interval_s=self._config.edit_interval_s, limit=self._config.message_limit,
         )
 
-    async def read(
-        self, reply: SlackReply, channel: str, thread_ts: str | None, count: int | None
-    ) -> tuple[TranscriptLine, ...] | None:
-        """The conversation's newest ``count`` messages (None: the configured default) as a transcript, or None
-        after telling the user why it could not be read."""
-        try:
-            return await self.transcript(channel, thread_ts, count or self._manager.summarize_default)
-        except RateLimited as e:
-            await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
-        except SlackRefusedError as e:
-            log.info("could not read Slack conversation %s: %s", channel, e.error)
-            await reply.send(CANNOT_READ)
-        return None
+    def reader(self, reply: SlackReply, channel: str, thread_ts: str | None) -> TranscriptReader:
+        """Reads the conversation (a thread when ``thread_ts`` is given) for the core's `summarize`; when Slack
+        refuses, tells the user why and raises ReadRefused."""
+
+        async def read(count: int) -> tuple[TranscriptLine, ...]:
+            try:
+                return await self.transcript(channel, thread_ts, count)
+            except RateLimited as e:
+                await reply.send(f"Slack asks me to wait {e.retry_after:.0f} s before reading this conversation again.")
+            except SlackRefusedError as e:
+                log.info("could not read Slack conversation %s: %s", channel, e.error)
+                await reply.send(CANNOT_READ)
+            raise ReadRefused(channel)
+
+        return read
 
     async def transcript(self, channel: str, thread_ts: str | None, limit: int) -> tuple[TranscriptLine, ...]:
         """The newest ``limit`` messages of a channel (``thread_ts`` None) or of a thread, oldest first."""

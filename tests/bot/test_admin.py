@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from bot.adapters.base import Incoming
-from bot.admin import AUDIT_TEXT_CHARS, MAX_ARGUMENT_CHARS, NOT_ADMIN
+from bot.admin import NOT_ADMIN
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig
 from bot.conversation import ConversationManager, ManagerConfig
 from bot.ratelimit import RateLimiter
 from llm.prompts import max_new_tokens_limit
 from llm.tokenizer import Tokenizer
-from storage.store import Store
+from storage.store import AUDIT_TEXT_CHARS, Store
 from tests.bot.fakes import FakeGenerator, RecordingReply
 
 TOKENIZER = Tokenizer()
@@ -51,10 +51,13 @@ async def test_an_answer_length_the_model_cannot_hold_is_refused_where_it_is_set
     for too_long in ("512", "1024", str(LIMIT_512 + 1)):
         reply = await ask(manager, replace(ADMIN, text=f"max_new_tokens {too_long}"))
         assert reply.sent == [
-            f"Not changed: max_new_tokens: at most {LIMIT_512} for the model now serving (fake.safetensors, a context "
-            "of 512 tokens): the prompt needs the rest"
+            f"Not changed: max_new_tokens {too_long} is too long for the model now serving (fake.safetensors): a "
+            f"context of 512 tokens holds at most {LIMIT_512} new tokens beside the prompt template and a short "
+            "message (68 tokens)"
         ]
     assert await store.get_channel_settings(platform="discord", tenant="g1", channel="c1") == {}
+    refusals = [a for a in await store.audit_entries() if a.action == "channel.settings"]
+    assert len(refusals) == 3 and all(a.detail["ok"] is False and "too long" in a.detail["error"] for a in refusals)
     accepted = await ask(manager, replace(ADMIN, text=f"max_new_tokens {LIMIT_512}"))
     assert accepted.sent == [f"max_new_tokens is now {LIMIT_512} in this channel."]
     assert (await ask(manager, USER)).streamed  # and the channel still answers
@@ -129,4 +132,3 @@ async def test_admin_arguments_and_audit_text_are_bounded(store: Store, checkpoi
     reloads = [a for a in await store.audit_entries() if a.action == "checkpoint.reload"]
     assert [a.detail.get("error") for a in reloads] == ["refused: not an admin", "name too long"]
     assert (await ask(manager, replace(USER, command="reload", text="x"))).sent == [NOT_ADMIN]
-    assert MAX_ARGUMENT_CHARS < 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -117,3 +118,28 @@ def test_unknown_name_lists_what_is_available(checkpoints: Path) -> None:
         resolve_checkpoint(checkpoints, "notes.txt")
     with pytest.raises(CheckpointNameError, match="not a checkpoint name"):
         resolve_checkpoint(checkpoints, ".hidden")
+
+
+async def test_a_settings_read_that_began_before_a_change_does_not_cache_the_old_value(store) -> None:
+    from bot.channel_settings import ChannelSettings
+
+    settings = ChannelSettings(store)
+    key = ("discord", "g1", "c1")
+    await settings.update(key, {"temperature": 0.2}, "admin")
+    settings.forget_all()
+    reading_started = asyncio.Event()
+    original = store.get_channel_settings
+
+    async def slow_read(**where: str) -> dict:
+        found = await original(**where)  # the old value, read before the change below
+        reading_started.set()
+        await asyncio.sleep(0.05)
+        return found
+
+    store.get_channel_settings = slow_read  # type: ignore[method-assign]
+    reading = asyncio.create_task(settings.get(key))
+    await reading_started.wait()
+    await settings.update(key, {"temperature": 0.9}, "admin")
+    assert (await reading)["temperature"] == 0.2  # that read saw the old value...
+    store.get_channel_settings = original  # type: ignore[method-assign]
+    assert (await settings.get(key))["temperature"] == 0.9  # ...but did not keep it for the next one

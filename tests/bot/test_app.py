@@ -102,5 +102,5 @@ def test_an_answer_length_the_model_cannot_hold_is_refused_at_start_up(
     monkeypatch.setenv("SCRATCHBOT_MAX_NEW_TOKENS", "512")  # accepted by the setting's range, not by this model
     assert main(["run"]) == 2  # the bundled demo model: a context of 512 tokens
     err = capsys.readouterr().err
-    assert "SCRATCHBOT_MAX_NEW_TOKENS=512 does not fit demo-model.safetensors" in err and "at most 444" in err
+    assert "SCRATCHBOT_MAX_NEW_TOKENS=512 is too long for demo-model.safetensors" in err and "at most 444" in err
     assert err.count("\n") == 1

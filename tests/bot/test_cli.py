@@ -146,9 +146,9 @@ def test_an_answer_length_the_context_cannot_hold_is_refused_not_a_prompt_cut_to
 ) -> None:
     # CONFIG's context is 128 tokens; the template needs about 70 of them with room for a message.
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "128", "Hi")
-    assert "--max-new-tokens 128 does not fit this model's context of 128 tokens" in err and "at most 60" in err
+    assert "--max-new-tokens 128 is too long for this model: a context of 128 tokens holds at most 60" in err
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--raw", "--max-new-tokens", "128", "Hi")
-    assert "use at most 127" in err
+    assert "holds at most 127 new tokens beside a prompt" in err
     out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--max-new-tokens", "60", "Hi")
     assert out["truncated_prompt_tokens"] == 0 and out["prompt_tokens"] == len(Tokenizer().encode(render_prompt("Hi")))
 
@@ -161,7 +161,7 @@ def test_the_default_answer_length_is_lowered_to_fit_a_small_model(checkpoint: P
 def test_an_answer_length_set_in_the_environment_is_checked_too(checkpoint: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("SCRATCHBOT_MAX_NEW_TOKENS", "100")
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "Hi")
-    assert "SCRATCHBOT_MAX_NEW_TOKENS 100 does not fit" in err
+    assert "SCRATCHBOT_MAX_NEW_TOKENS=100 is too long for this model" in err
 
 
 def test_generate_reads_its_defaults_from_the_settings(checkpoint: Path, capsys, monkeypatch, tmp_path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.base import Incoming, TranscriptLine
+from bot.adapters.base import Incoming, ReadRefused, TranscriptLine
 from bot.admin import NOT_ADMIN
 from bot.auth import AdminPolicy
 from bot.channel_settings import ChannelConfig
@@ -124,22 +124,47 @@ async def test_busy_raised_at_submit_is_a_busy_message(manager, generator) -> No
     assert (await ask(manager)).sent == [BUSY]
 
 
+def platform_reading(*lines: TranscriptLine, reads: list[int] | None = None):
+    """A transcript reader as an adapter gives one; ``reads`` records the counts the core asked for."""
+
+    async def read(count: int) -> tuple[TranscriptLine, ...] | None:
+        if reads is not None:
+            reads.append(count)
+        return lines or None
+
+    return read
+
+
 async def test_summarize_uses_the_adapters_transcript_or_the_stored_history(manager, generator) -> None:
-    lines = (TranscriptLine("ann", "Let's ship on Friday."), TranscriptLine("bob", "Agreed, after the tests."))
-    reply = await ask(manager, replace(MSG, command="summarize", text="", transcript=lines))
+    reads: list[int] = []
+    transcript = platform_reading(
+        TranscriptLine("ann", "Let's ship on Friday."), TranscriptLine("bob", "Agreed, after the tests."), reads=reads
+    )
+    reply = await ask(manager, replace(MSG, command="summarize", text="", transcript=transcript))
     prompt = TOKENIZER.decode(generator.prompts[-1])
     assert "### Instruction:\nSummarize the following conversation" in prompt
     assert "### Input:\nann: Let's ship on Friday.\nbob: Agreed, after the tests." in prompt
-    assert reply.streamed == ["The answer is 4."]
+    assert reply.streamed == ["The answer is 4."] and reads == [50]  # the one default count, asked of the platform
     await ask(manager)
-    await ask(manager, replace(MSG, command="summarize", text="10"))
+    await ask(manager, replace(MSG, command="summarize", text="10", transcript=platform_reading()))  # shows no text
     assert "u1: What is 2+2?\nbot: The answer is 4." in TOKENIZER.decode(generator.prompts[-1])
 
 
-async def test_summarize_refuses_a_bad_count_and_an_empty_channel(manager) -> None:
-    assert "Usage: summarize" in (await ask(manager, replace(MSG, command="summarize", text="lots"))).sent[0]
+async def test_summarize_refuses_a_bad_count_and_an_empty_channel_without_reading_the_platform(manager) -> None:
+    reads: list[int] = []
+    bad = replace(MSG, command="summarize", text="100000", transcript=platform_reading(reads=reads))
+    assert "Usage: summarize" in (await ask(manager, bad)).sent[0]
+    assert reads == []  # a Slack channel is not read 100,000 messages deep for a refusal
     empty = await ask(manager, replace(MSG, command="summarize", text="", channel="quiet"))
     assert empty.sent == ["There is nothing here to summarize yet."]
+
+
+async def test_a_platform_that_refuses_the_read_has_told_the_user_and_nothing_more_is_said(manager) -> None:
+    async def refused(count: int) -> None:
+        raise ReadRefused("no access")
+
+    reply = await ask(manager, replace(MSG, command="summarize", text="", transcript=refused))
+    assert reply.sent == [] and reply.streamed == []
 
 
 async def test_translate_puts_the_text_in_the_input(manager, generator) -> None:
@@ -246,3 +271,11 @@ async def test_checkpoint_names_and_admin_check_for_adapters(manager) -> None:
     assert manager.is_admin(replace(MSG, author_id="admin"))
     assert manager.is_admin(replace(MSG, author_is_owner=True))
     assert not manager.is_admin(MSG)
+
+
+async def test_a_redelivery_of_an_answered_message_is_not_told_to_wait(manager, generator) -> None:
+    for i in range(5):
+        await ask(manager, replace(MSG, message_id=f"m{i}"))
+    again = await ask(manager, replace(MSG, message_id="m0"))  # a gateway replay, while the user is at the limit
+    assert again.sent == [] and again.streamed == []
+    assert "please wait" in (await ask(manager, replace(MSG, message_id="m5"))).sent[0]  # a new one is limited

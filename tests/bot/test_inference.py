@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from llm.tokenizer import Tokenizer
 from tests.llm.conftest import make_model
 
 TOKENIZER = Tokenizer()
-CONFIG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
+CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
 GREEDY = SamplingParams(max_new_tokens=20)
 PROMPTS = [[464, 3290], [40, 588, 262, 3290, 13, 632], [15496], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
 
@@ -110,7 +111,7 @@ async def test_concurrent_streams_join_to_what_the_model_generates_alone(paths: 
             assert result.first_token_seconds is not None and 0 < result.first_token_seconds <= result.seconds
         assert generator.stats().recent_tokens_per_second > 0
         with pytest.raises(PromptTooLongError):
-            generator.stream(list(range(70)), SamplingParams(max_new_tokens=10, overflow="error"))
+            generator.stream(list(range(130)), SamplingParams(max_new_tokens=10, overflow="error"))
 
 
 async def test_a_full_queue_answers_busy_at_once(paths: dict[str, Path]) -> None:
@@ -225,19 +226,21 @@ async def test_a_bad_checkpoint_is_refused_and_the_old_model_keeps_serving(
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(paths["b"].read_bytes()[:5000])
     small_vocab = save_checkpoint(
-        make_model(GPTConfig(vocab_size=1000, context_length=64, emb_dim=32, n_heads=4, n_layers=2)),
+        make_model(replace(CONFIG, vocab_size=1000)),
         tmp_path / "small-vocab.safetensors",
     )
     broken = make_model(CONFIG)
     with torch.no_grad():
         broken.trf_blocks[0].ff.layers[0].weight.fill_(float("nan"))
     nan_path = save_checkpoint(broken, tmp_path / "nan.safetensors")
+    short = save_checkpoint(make_model(replace(CONFIG, context_length=64)), tmp_path / "short.safetensors")
     async with serving(checkpoint) as generator:
         for path, reason in (
             (corrupt, "cannot load corrupt"),
             (tmp_path / "missing.safetensors", "cannot load missing"),
             (small_vocab, "vocabulary of 1000 tokens"),
             (nan_path, "NaN"),
+            (short, r"short cannot serve chat: a context of 64 tokens is too short for the prompt template"),
         ):
             with pytest.raises(ReloadFailed, match=reason):
                 await generator.reload(path, path.name.removesuffix(".safetensors"))

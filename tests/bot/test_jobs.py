@@ -71,6 +71,10 @@ async def test_watch_does_not_retry_a_refused_file_until_it_changes(tmp_path: Pa
     for _ in range(2):
         await watcher.check()
     assert attempts == ["bad.pth", "bad.pth"]
+    (directory / "bad.json").write_text('{"n_heads": 4}')  # the config it was refused for lacking
+    for _ in range(2):
+        await watcher.check()
+    assert attempts == ["bad.pth", "bad.pth", "bad.pth"]
 
 
 async def test_scheduler_runs_retention_at_start_and_never_overlaps_a_job(store: Store, tmp_path: Path) -> None:

@@ -67,3 +67,24 @@ def test_a_paste_longer_than_the_terminals_line_limit_is_read_whole(tmp_path: Pa
     with sqlite3.connect(tmp_path / "data" / "scratchbot.db") as db:
         stored = [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
     assert stored == [paste]
+
+
+def test_a_multi_line_paste_is_one_message(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=3), checkpoint)
+    child = spawn(tmp_path, SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_MAX_NEW_TOKENS="4")
+    try:
+        child.expect_exact("\x1b[?2004h")  # the terminal is asked to mark pastes (it only does when asked)
+        child.expect_exact("you> ")
+        # What a terminal then sends for a paste of three lines.
+        child.send("\x1b[200~Summarize this:\rfirst line\rsecond line\x1b[201~")
+        child.send("\r")
+        child.expect_exact("bot> ", timeout=120)
+        child.expect_exact("you> ", timeout=120)
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    with sqlite3.connect(tmp_path / "data" / "scratchbot.db") as db:
+        stored = [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
+    assert stored == ["Summarize this:\nfirst line\nsecond line"]

@@ -46,9 +46,11 @@ FAST = DatabaseTimeouts(connect_s=0.5, statement_s=1.0)
 BOUND_S = 12.0  # see tests/storage/test_faults.py: without the timeouts a hung database never answers at all
 
 
-def build(store: Store, generator: FakeGenerator, checkpoints: Path, **config: object) -> ConversationManager:
+def build(
+    store: Store, generator: FakeGenerator, checkpoints: Path, *, per_minute: int = 100, **config: object
+) -> ConversationManager:
     return ConversationManager(
-        store, generator, TOKENIZER, AdminPolicy({}), RateLimiter(100), checkpoints,
+        store, generator, TOKENIZER, AdminPolicy({}), RateLimiter(per_minute), checkpoints,
         ManagerConfig(defaults=DEFAULTS, request_timeout_s=30, **config),  # type: ignore[arg-type]
     )
 
@@ -153,9 +155,10 @@ async def test_a_read_only_sqlite_file_gets_the_truth_and_recovers(tmp_path: Pat
     generator = FakeGenerator()
     with read_only(path) as make_writable:
         async with open_store(sqlite_url(path), FAST) as store:
-            manager = build(store, generator, checkpoints)
+            manager = build(store, generator, checkpoints, per_minute=1)
             assert (await ask(manager)).sent == [NOT_SAVED]
             make_writable()
+            # Sent again, as told: the lost attempt did not use up the user's one message a minute.
             assert (await ask(manager, replace(MSG, message_id="m2"))).streamed == ["The answer is 4."]
             assert await user_texts(store) == ["What is 2+2?"]
 

@@ -236,6 +236,37 @@ def test_a_config_beside_a_book_file_that_does_not_fit_its_tensors_is_refused(tm
         load_checkpoint(path)
 
 
+def test_a_config_beside_any_single_file_of_the_books_names_is_read(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(random_model().state_dict(), tmp_path / "plain.safetensors")  # no metadata: written by other code
+    with pytest.raises(CheckpointError, match=r"--n-heads N.*plain\.json"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+    (tmp_path / "plain.json").write_text(json.dumps({"n_heads": 2}))
+    assert load_checkpoint(tmp_path / "plain.safetensors").config == CONFIG
+
+
+def test_a_hugging_face_file_without_its_config_asks_for_config_json(tmp_path):
+    torch.save(hf_state_dict(random_model(), tmp_path), tmp_path / "weights.bin")
+    with pytest.raises(CheckpointError, match=r"--n-heads N.*config\.json \(with n_head\)"):
+        load_checkpoint(tmp_path / "weights.bin")
+
+
+def test_metadata_and_config_json_that_disagree_are_refused(tmp_path):
+    path = save_checkpoint(random_model(), tmp_path / "hf", "hf")
+    data = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**data, "n_head": 4}))
+    with pytest.raises(CheckpointError, match=r"metadata says 2 attention heads but .*config\.json says 4"):
+        load_checkpoint(path)
+
+
+def test_a_config_beside_a_book_file_with_impossible_values_is_one_clear_error(tmp_path):
+    path = save_checkpoint(random_model(), tmp_path / "m.pth", "book")
+    (tmp_path / "m.json").write_text(json.dumps({**CONFIG.to_dict(), "drop_rate": 5}))
+    with pytest.raises(CheckpointError, match="drop_rate is a probability"):
+        load_checkpoint(path)
+
+
 def test_only_the_exact_shape_of_a_gpt2_size_tells_its_head_count() -> None:
     def shapes(vocab: int, context: int, width: int, layers: int) -> dict[str, torch.Tensor]:
         meta = {"tok_emb.weight": (vocab, width), "pos_emb.weight": (context, width)}
