@@ -40,8 +40,8 @@ if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).reso
 
 import torch
 
-from bot.generation import Completion, GenerationHandle, GeneratorStats, ModelInfo
-from bot.inference import LocalGenerator
+from bot.inference.generator import Completion, GenerationHandle, GeneratorStats, ModelInfo
+from bot.inference.local import LocalGenerator
 from llm.checkpoints import LoadedCheckpoint
 from llm.config import GPTConfig
 from llm.generate import SamplingParams
@@ -201,11 +201,11 @@ class NullReply:
 
 async def measure_core_overhead(messages: int) -> bool:
     """Per-message time of `ConversationManager.handle` for chat messages, the model replaced by `InstantGenerator`."""
-    from bot.adapters.base import Incoming
-    from bot.auth import AdminPolicy
-    from bot.channel_settings import ChannelConfig
-    from bot.conversation import ConversationManager, ManagerConfig
-    from bot.ratelimit import RateLimiter
+    from bot.core.auth import AdminPolicy
+    from bot.core.channel_settings import ChannelConfig
+    from bot.core.conversation import ConversationManager, ManagerConfig
+    from bot.core.messages import Incoming
+    from bot.core.ratelimit import RateLimiter
     from storage.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:

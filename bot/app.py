@@ -15,15 +15,16 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.base import PlatformAdapter
 from bot.adapters.console import ConsoleAdapter
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.checkpoint_names import find_checkpoint
-from bot.conversation import ConversationManager, ManagerConfig
-from bot.inference import LocalGenerator, ReloadFailed
+from bot.adapters.platform import PlatformAdapter
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.checkpoint_names import find_checkpoint
+from bot.core.conversation import ConversationManager, ManagerConfig
+from bot.core.ratelimit import RateLimiter
+from bot.inference.generator import ReloadFailed
+from bot.inference.local import LocalGenerator
 from bot.jobs import STOP_GRACE_S, CheckpointWatcher, build_jobs
-from bot.ratelimit import RateLimiter
 from bot.settings import Settings
 from llm.checkpoints import load_checkpoint
 from llm.prompts import Encoder, answer_length_problem
@@ -42,7 +43,7 @@ AdapterFactory = Callable[[ConversationManager, Settings], PlatformAdapter]
 
 
 def _discord_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:
-    from bot.adapters.discord_adapter import DiscordAdapter, DiscordConfig
+    from bot.adapters.discord import DiscordAdapter, DiscordConfig
 
     assert settings.discord_token is not None  # only called for configured platforms
     return DiscordAdapter(
@@ -56,7 +57,7 @@ def _discord_adapter(manager: ConversationManager, settings: Settings) -> Platfo
 
 
 def _slack_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:
-    from bot.adapters.slack_adapter import SlackAdapter, slack_config
+    from bot.adapters.slack.adapter import SlackAdapter, slack_config
 
     return SlackAdapter(manager, slack_config(settings))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot.checkpoint_names import list_checkpoints
+from bot.core.checkpoint_names import list_checkpoints
 from bot.draining import drain
 from llm.checkpoints import book_config_path
 from storage.records import RetentionResult

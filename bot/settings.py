@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.core.commands import SUMMARIZE_MAX
 from storage.db import DatabaseTimeouts, sqlite_url
 
 log = logging.getLogger(__name__)
@@ -36,28 +37,30 @@ class Settings(BaseSettings):
     device: str = "cpu"  # cpu, cuda, cuda:N
     precision: Literal["fp32", "bf16", "int8"] = "int8"  # int8 weight-only is the fastest on a CPU
     max_batch: int = Field(8, ge=1, le=64)  # requests decoded together in one forward pass
-    queue_size: int = Field(64, ge=1)  # requests waiting beyond the batch; more are told the bot is busy
-    request_timeout_s: float = Field(120.0, gt=0)  # a generation running longer is stopped
+    queue_size: int = Field(64, ge=1, le=100_000)  # requests waiting beyond the batch; more are told the bot is busy
+    request_timeout_s: float = Field(120.0, gt=0, le=3600, allow_inf_nan=False)  # a generation running longer stops
 
     # --- sampling defaults (channels may override them with `settings`)
     max_new_tokens: int = Field(256, ge=1, le=1024)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 = greedy, as chapter 7 evaluates
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)  # 0 = greedy, as chapter 7 evaluates
     top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
 
     # --- conversations
     history_messages: int = Field(20, ge=0, le=200)  # stored messages read back for a prompt
-    summarize_default: int = Field(50, ge=1, le=500)  # messages `summarize` reads when no count is given
+    summarize_default: int = Field(50, ge=1, le=SUMMARIZE_MAX)  # messages `summarize` reads when no count is given
     rate_limit_per_minute: int = Field(10, ge=1)  # messages one user may send per minute
-    retention_days: int = Field(30, ge=0)  # stored messages older than this are deleted daily; 0 keeps them
+    retention_days: int = Field(30, ge=0, le=36500)  # stored messages older than this are deleted daily; 0 keeps them
     watch_checkpoints: bool = False  # reload when a new file appears in checkpoints_dir and passes the checks
-    watch_interval_s: float = Field(30.0, gt=0)
+    watch_interval_s: float = Field(30.0, gt=0, le=86400, allow_inf_nan=False)
 
     # --- storage
     data_dir: Path = Path("data")
     database_url: str | None = None  # unset: SQLite file data_dir/scratchbot.db; PostgreSQL: postgresql+asyncpg://...
-    database_connect_timeout_s: float = Field(5.0, gt=0)  # PostgreSQL: opening a connection, or waiting for one
-    database_statement_timeout_s: float = Field(10.0, gt=0)  # PostgreSQL: one statement; SQLite: the busy timeout
+    # PostgreSQL: opening a connection, or waiting for one. Below half a second a healthy server times out too.
+    database_connect_timeout_s: float = Field(5.0, ge=0.5, le=3600, allow_inf_nan=False)
+    # PostgreSQL: one statement; SQLite: how long a write waits for another's lock (the busy timeout).
+    database_statement_timeout_s: float = Field(10.0, ge=0.5, le=3600, allow_inf_nan=False)
 
     # --- who may run admin commands (reload, settings): ids per platform, comma-separated
     discord_admin_ids: CommaList = []
@@ -78,7 +81,7 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    shutdown_grace_s: float = Field(20.0, ge=0)  # running generations may finish this long after SIGTERM
+    shutdown_grace_s: float = Field(20.0, ge=0, le=3600, allow_inf_nan=False)  # generations may finish this long
 
     @field_validator("discord_admin_ids", "slack_admin_ids", mode="before")
     @classmethod

@@ -308,10 +308,13 @@ def _read(path: Path, n_heads: int | None) -> _Read:
         beside = (
             f"put Hugging Face's config.json (with n_head) beside it as {weights.parent / 'config.json'}"
             if fmt == "hf"
-            else f"write {book_config_path(weights).name} beside it with the book's GPT_CONFIG ('scratchbot convert "
-            "SRC DST --format book --n-heads N' writes both)"
+            else f"write {book_config_path(weights).name} beside it with the book's GPT_CONFIG: 'scratchbot convert "
+            f"{weights.name} NEW.pth --format book --n-heads N' writes both"
         )
-        raise CheckpointError(f"{weights}: {e}. Give the head count (--n-heads N), or {beside}") from e
+        raise CheckpointError(
+            f"{weights}: {e}. Say how many heads it has: {beside} (what `run` and `reload` read), or pass "
+            "--n-heads N to a command that loads it"
+        ) from e
     except (ValueError, TypeError) as e:  # ConfigError: not a GPT state dict, or heads that do not divide the width
         raise CheckpointError(f"{weights}: {e}") from e
     if fmt == "hf" and not config.qkv_bias:

@@ -30,11 +30,11 @@ class GPTConfig:
     qkv_bias: bool = True  # OpenAI's GPT-2 weights have q/k/v biases; the book trains from scratch without
 
     def __post_init__(self) -> None:
-        if self.emb_dim % self.n_heads != 0:
-            raise ConfigError(f"emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}")
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.emb_dim % self.n_heads != 0:
+            raise ConfigError(f"emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.drop_rate < 1:
             raise ConfigError(f"drop_rate is a probability from 0 up to (not including) 1, got {self.drop_rate}")
 

@@ -89,10 +89,12 @@ def check_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        # A lone UTF-16 surrogate: half of an emoji cut off, or bytes that were not UTF-8 (a terminal in Latin-1).
-        raise UnstorableTextError(
-            f"contains an invalid character (a lone surrogate, U+{ord(text[e.start]):04X})", e.start
-        ) from None
+        code = ord(text[e.start])
+        if 0xDC80 <= code <= 0xDCFF:  # how Python keeps a byte that was not UTF-8 (a terminal set to Latin-1)
+            reason = f"contains a byte that is not UTF-8 (0x{code - 0xDC00:02X}); check your terminal's encoding"
+        else:  # half of an emoji cut off, or a platform's bad escape
+            reason = f"contains an invalid character (a lone surrogate, U+{code:04X})"
+        raise UnstorableTextError(reason, e.start) from None
     return text
 
 

@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.adapters.base import Incoming, parse_command
-from bot.conversation import ConversationManager
+from bot.adapters.streaming import EMPTY_ANSWER
+from bot.core.commands import COMMANDS, parse_command
+from bot.core.messages import Core, Incoming
 from storage.records import dm_tenant
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class ConsoleReply:
                 shown.append(delta)
                 self._out.write(delta)
                 self._out.flush()
+            if not "".join(shown).strip():
+                self._out.write(EMPTY_ANSWER)
         finally:
             self._out.write("\n")
             self._out.flush()
@@ -65,13 +68,13 @@ class ConsoleReply:
 class ConsoleAdapter:
     def __init__(
         self,
-        manager: ConversationManager,
+        core: Core,
         *,
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
         log_path: Path | None = None,
     ) -> None:
-        self._manager = manager
+        self._core = core
         self._in = stdin
         self._out = stdout
         self._log_path = log_path
@@ -80,7 +83,7 @@ class ConsoleAdapter:
 
     async def run(self) -> None:
         """Read lines until end of input (Ctrl-D) or `stop`; answer each before reading the next."""
-        info = self._manager.generator.info
+        info = self._core.model_info
         self._out.write(f"scratchbot: chatting with {info.name} ({info.parameters:,} parameters). ")
         self._out.write("/help lists commands; Ctrl-D quits.")
         self._out.write(f" The log is {self._log_path}.\n" if self._log_path else "\n")
@@ -101,6 +104,11 @@ class ConsoleAdapter:
         if command == "help":
             await reply.send(HELP + (f" The log is {self._log_path}." if self._log_path else ""))
             return
+        typed = (line.strip()[1:].split(maxsplit=1) or [""])[0] if line.strip().startswith("/") else None
+        if command == "chat" and typed is not None and (not typed or typed.isalpha()):
+            # "/sumarize": a command mistyped, not a question for the model. ("/etc/hosts?" stays a question.)
+            await reply.send(f"There is no command /{typed}; {', '.join('/' + c for c in COMMANDS[1:])} are.")
+            return
         incoming = Incoming(
             platform=PLATFORM,
             tenant=dm_tenant(self._user),
@@ -112,7 +120,7 @@ class ConsoleAdapter:
             message_id=uuid.uuid4().hex,
             is_dm=True,
         )
-        await self._manager.handle(incoming, reply)
+        await self._core.handle(incoming, reply)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -7,14 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.generation import (
-    Completion,
-    GenerationHandle,
-    GeneratorBusy,
-    GeneratorStats,
-    ModelInfo,
-    ReloadFailed,
-)
+from bot.inference.generator import Completion, GenerationHandle, GeneratorBusy, GeneratorStats, ModelInfo, ReloadFailed
 from llm.generate import SamplingParams
 
 SHA = "ab" * 32

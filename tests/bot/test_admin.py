@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.base import Incoming
-from bot.admin import NOT_ADMIN
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import ConversationManager, ManagerConfig
-from bot.ratelimit import RateLimiter
+from bot.core.admin import NOT_ADMIN
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import ConversationManager, ManagerConfig
+from bot.core.messages import Incoming
+from bot.core.ratelimit import RateLimiter
 from llm.prompts import max_new_tokens_limit
 from llm.tokenizer import Tokenizer
 from storage.store import AUDIT_TEXT_CHARS, Store
@@ -48,16 +48,15 @@ async def test_an_answer_length_the_model_cannot_hold_is_refused_where_it_is_set
     store: Store, small_model: FakeGenerator, checkpoints: Path
 ) -> None:
     manager = build(store, small_model, checkpoints)
-    for too_long in ("512", "1024", str(LIMIT_512 + 1)):
-        reply = await ask(manager, replace(ADMIN, text=f"max_new_tokens {too_long}"))
+    for wrong in ("512", "1024", str(LIMIT_512 + 1), "0"):
+        reply = await ask(manager, replace(ADMIN, text=f"max_new_tokens {wrong}"))
         assert reply.sent == [
-            f"Not changed: max_new_tokens {too_long} is too long for the model now serving (fake.safetensors): a "
-            f"context of 512 tokens holds at most {LIMIT_512} new tokens beside the prompt template and a short "
-            "message (68 tokens)"
+            f"Not changed: max_new_tokens: {wrong} is out of range: choose 1 to {LIMIT_512} for the model now serving "
+            "(fake.safetensors): its context of 512 tokens must also hold the prompt"
         ]
     assert await store.get_channel_settings(platform="discord", tenant="g1", channel="c1") == {}
     refusals = [a for a in await store.audit_entries() if a.action == "channel.settings"]
-    assert len(refusals) == 3 and all(a.detail["ok"] is False and "too long" in a.detail["error"] for a in refusals)
+    assert len(refusals) == 4 and all(a.detail["ok"] is False and "out of range" in a.detail["error"] for a in refusals)
     accepted = await ask(manager, replace(ADMIN, text=f"max_new_tokens {LIMIT_512}"))
     assert accepted.sent == [f"max_new_tokens is now {LIMIT_512} in this channel."]
     assert (await ask(manager, USER)).streamed  # and the channel still answers

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig, SettingError, describe, parse_setting
-from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
-from bot.ratelimit import RateLimiter
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig, SettingError, describe, parse_setting
+from bot.core.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
+from bot.core.ratelimit import RateLimiter
 
 
 def test_admins_are_configured_ids_owners_and_the_local_console() -> None:
@@ -121,7 +121,7 @@ def test_unknown_name_lists_what_is_available(checkpoints: Path) -> None:
 
 
 async def test_a_settings_read_that_began_before_a_change_does_not_cache_the_old_value(store) -> None:
-    from bot.channel_settings import ChannelSettings
+    from bot.core.channel_settings import ChannelSettings
 
     settings = ChannelSettings(store)
     key = ("discord", "g1", "c1")

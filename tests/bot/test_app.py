@@ -10,8 +10,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bot.checkpoint_names import NoCheckpointError, find_checkpoint
-from bot.cli import main
+from bot.cli.main import main
+from bot.core.checkpoint_names import NoCheckpointError, find_checkpoint
 from bot.settings import Settings
 from llm import assets
 from llm.checkpoints import save_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.cli import main
+from bot.cli.main import main
 from llm.checkpoints import load_checkpoint, save_checkpoint
 from llm.config import GPTConfig
 from llm.generate import SamplingParams, generate_tokens
@@ -97,7 +97,9 @@ def test_corrupt_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> None:
 
 def test_invalid_sampling_setting_is_one_clear_line(checkpoint: Path, capsys) -> None:
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--top-p", "2", "Hi")
-    assert "top_p" in err
+    assert "--top-p: Input should be less than or equal to 1" in err
+    for flag, value in (("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "1e9")):
+        assert flag in user_error(capsys, "generate", "--checkpoint", str(checkpoint), flag, value, "Hi")
 
 
 def test_prompt_too_long_under_no_truncate_is_one_clear_line(checkpoint: Path, capsys) -> None:

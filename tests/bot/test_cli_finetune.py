@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
 from llm.assets import INSTRUCTION_DATA
 from llm.checkpoints import load_checkpoint
 

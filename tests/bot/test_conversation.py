@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.base import Incoming, ReadRefused, TranscriptLine
-from bot.admin import NOT_ADMIN
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import BUSY, FAILED_SAVED, HELP, ConversationManager, ManagerConfig
-from bot.generation import GenerationTimeout, GeneratorBusy
-from bot.ratelimit import RateLimiter
+from bot.core.admin import NOT_ADMIN
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import BUSY, FAILED_SAVED, HELP, ConversationManager, ManagerConfig
+from bot.core.messages import Incoming, ReadRefused, TranscriptLine
+from bot.core.ratelimit import RateLimiter
+from bot.inference.generator import GenerationTimeout, GeneratorBusy
 from llm.prompts import RESPONSE_STOPS, render_prompt
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, Role

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.inference import (
+from bot.inference.generator import (
     Completion,
     GenerationFailed,
     GenerationTimeout,
     GeneratorBusy,
     GeneratorClosed,
-    LocalGenerator,
     ReloadFailed,
 )
-from bot.inference_worker import InferenceWorker
+from bot.inference.local import LocalGenerator
+from bot.inference.worker import InferenceWorker
 from llm.checkpoints import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from llm.config import GPTConfig
 from llm.generate import PromptTooLongError, SamplingParams, generate_tokens

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from bot import jobs
 from bot.app import StartupError, build_adapters, run_service, serve_platforms
-from bot.conversation import ConversationManager
+from bot.core.conversation import ConversationManager
 from bot.settings import Settings
 from llm.checkpoints import save_checkpoint
 from llm.config import GPTConfig
@@ -121,8 +121,8 @@ async def test_run_serves_the_configured_platforms_instead_of_the_terminal(
 
 
 async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> None:
-    from bot.adapters.discord_adapter import DiscordAdapter
-    from bot.adapters.slack_adapter import SlackAdapter
+    from bot.adapters.discord import DiscordAdapter
+    from bot.adapters.slack.adapter import SlackAdapter
 
     settings = settings_for(
         tmp_path, discord_token=SecretStr("discord-token"), discord_message_content=True, shutdown_grace_s=7,

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.base import Incoming
 from bot.adapters.console import ConsoleAdapter
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import BUSY, FAILED, ConversationManager, ManagerConfig
-from bot.inference import LocalGenerator
-from bot.ratelimit import RateLimiter
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import BUSY, FAILED, ConversationManager, ManagerConfig
+from bot.core.messages import Incoming
+from bot.core.ratelimit import RateLimiter
+from bot.inference.local import LocalGenerator
 from llm.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from llm.config import GPTConfig
 from llm.tokenizer import Tokenizer

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.base import Incoming
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import (
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import (
     ANSWER_NOT_SAVED,
     FAILED,
     FAILED_SAVED,
@@ -29,7 +28,8 @@ from bot.conversation import (
     ConversationManager,
     ManagerConfig,
 )
-from bot.ratelimit import RateLimiter
+from bot.core.messages import Incoming
+from bot.core.ratelimit import RateLimiter
 from llm.tokenizer import Tokenizer
 from storage.db import DatabaseTimeouts, sqlite_url
 from storage.records import ConversationKey, Role

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from bot.adapters.slack_adapter import SlackAdapter, SlackConfig
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import ConversationManager, ManagerConfig
-from bot.ratelimit import RateLimiter
+from bot.adapters.slack.adapter import SlackAdapter, SlackConfig
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import ConversationManager, ManagerConfig
+from bot.core.ratelimit import RateLimiter
 from llm.tokenizer import Tokenizer
 from storage.store import Store
 from tests.bot.fakes import FakeGenerator

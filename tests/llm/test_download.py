@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.cli import main
+from bot.cli.main import main
 from llm.checkpoints import load_checkpoint
 from llm.download import RELEASE_FILES, DownloadError, download_gpt2, fetch_file
 from llm.openai_layout import convert_openai_checkpoint

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
 from llm.checkpoints import save_checkpoint
 from llm.config import GPTConfig
 from llm.data import Record
@@ -287,7 +287,7 @@ def test_cli_evaluate_of_bad_data_is_a_one_line_error(tmp_path: Path, checkpoint
 
 
 def test_the_cli_offers_the_splits_the_library_knows() -> None:
-    from bot.cli_models import EVAL_SPLITS
+    from bot.cli.models import EVAL_SPLITS
     from llm.evaluate import SPLITS
 
     assert sorted(EVAL_SPLITS) == sorted(SPLITS)

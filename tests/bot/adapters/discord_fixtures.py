@@ -16,11 +16,11 @@ from typing import TypeVar
 
 import pytest
 
-from bot.adapters.discord_adapter import DiscordAdapter, DiscordConfig
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import ConversationManager, ManagerConfig
-from bot.ratelimit import RateLimiter
+from bot.adapters.discord import DiscordAdapter, DiscordConfig
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import ConversationManager, ManagerConfig
+from bot.core.ratelimit import RateLimiter
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, StoredMessage
 from storage.store import Store

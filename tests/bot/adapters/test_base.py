@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.adapters.base import SUMMARIZE_MAX, parse_command, quote_language, summarize_count, translate_args
+from bot.core.commands import SUMMARIZE_MAX, parse_command, quote_language, summarize_count, translate_args
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 
 from bot.adapters.console import HELP, ConsoleAdapter
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig
-from bot.conversation import FAILED_SAVED, ConversationManager, ManagerConfig
-from bot.ratelimit import RateLimiter
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig
+from bot.core.conversation import FAILED_SAVED, ConversationManager, ManagerConfig
+from bot.core.ratelimit import RateLimiter
 from llm.tokenizer import Tokenizer
 from storage.store import Store
 from tests.bot.fakes import FakeGenerator
@@ -65,5 +65,5 @@ async def test_an_error_says_where_the_log_is(store, checkpoints) -> None:
 async def test_bytes_that_are_not_utf8_are_refused_and_the_chat_goes_on(store, checkpoints) -> None:
     generator = FakeGenerator()
     out = await chat(build(store, generator, checkpoints), b"caf\xe9 au lait\nStill here?\n")
-    assert "I can't keep your message: it contains an invalid character (a lone surrogate, U+DCE9)" in out
+    assert "I can't keep your message: it contains a byte that is not UTF-8 (0xE9); check your terminal" in out
     assert len(generator.prompts) == 1 and out.count("you> ") == 3  # the chat went on to the next line and the end

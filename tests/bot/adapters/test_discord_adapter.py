@@ -16,7 +16,7 @@ import discord
 import pytest
 from discord.http import Route
 
-from bot.adapters.discord_adapter import MESSAGE_LIMIT, RESTARTING, DiscordAdapter, DiscordConfig
+from bot.adapters.discord import MESSAGE_LIMIT, RESTARTING, DiscordAdapter, DiscordConfig
 from bot.adapters.redaction import REDACTED
 from storage.records import ConversationKey, Role, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.adapters.discord_adapter import MESSAGE_LIMIT
-from bot.admin import NOT_ADMIN
+from bot.adapters.discord import MESSAGE_LIMIT
+from bot.core.admin import NOT_ADMIN
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)

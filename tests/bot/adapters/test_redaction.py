@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bot.adapters.discord_adapter import TOKEN_PATHS
+from bot.adapters.discord import TOKEN_PATHS
 from bot.adapters.redaction import REDACTED, SecretRedactingFilter, install_redaction
 
 TOKEN = "MTIz.bot-token.abc"

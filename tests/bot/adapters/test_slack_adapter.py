@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.adapters.slack_adapter import SlackAdapter
+from bot.adapters.slack.adapter import SlackAdapter
 from storage.records import ConversationKey, Role, dm_channel
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import ANSWER, TOKENIZER, record_deliveries, running, socket_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.admin import NOT_ADMIN
+from bot.core.admin import NOT_ADMIN
 from storage.records import ConversationKey, dm_channel
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import ADMIN, ANSWER, SUMMARIZE_DEFAULT, TOKENIZER, running, socket_config

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bot.adapters.redaction import REDACTED, SecretRedactingFilter
-from bot.adapters.slack_text import SECRETS, SLACK_TOKEN, escape, plain
+from bot.adapters.slack.text import SECRETS, SLACK_TOKEN, escape, plain
 from tests.fake_slack import fixtures
 
 generator, manager = fixtures.generator, fixtures.manager
@@ -58,7 +58,7 @@ def test_redaction_also_scrubs_tracebacks() -> None:
 
 
 def test_response_urls_are_redacted_on_every_slack_sdk_logger_once_an_adapter_exists(manager) -> None:
-    from bot.adapters.slack_adapter import SlackAdapter, SlackConfig
+    from bot.adapters.slack.adapter import SlackAdapter, SlackConfig
 
     SlackAdapter(manager, SlackConfig(bot_token="xoxb-test", signing_secret="shh"))
     webhook_log = logging.getLogger("slack_sdk.webhook.async_client")  # what Bolt's `respond` sends through

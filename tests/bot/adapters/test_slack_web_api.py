@@ -9,8 +9,8 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.adapters.slack_adapter import DEFAULT_RETRY_AFTER_S, SdkWebApi
-from bot.adapters.slack_reply import SlackRefusedError
+from bot.adapters.slack.adapter import DEFAULT_RETRY_AFTER_S, SdkWebApi
+from bot.adapters.slack.reply import SlackRefusedError
 from bot.adapters.streaming import RateLimited
 
 

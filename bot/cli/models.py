@@ -1,8 +1,7 @@
 """``scratchbot download`` and ``scratchbot evaluate``: getting real weights and measuring a model, as in the book.
 
-Registered in `bot.cli.COMMANDS`. Like the rest of the command line: parse, call library code, and turn what the
-user can fix into one line (`bot.cli.UserError`). `bot.cli` is imported inside the functions because it imports
-this module.
+Registered in `bot.cli.main.COMMANDS`. Like the rest of the command line: parse, call library code, and turn what the
+user can fix into one line (`bot.cli.common.UserError`).
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bot.cli.common import UserError, add_n_heads_option, add_runtime_options, answer_length, load_model, settings_for
 
 if TYPE_CHECKING:
     from llm.evaluate import JudgeReport
@@ -52,7 +53,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     """Download GPT-2 from OpenAI's public URLs (with the book's backup mirror), resuming a partial download and
     checking sizes and hashes, then convert it to this project's safetensors format. The original TensorFlow files
     stay in DIR/<size>/ (the layout of the book's gpt_download.py) unless --delete-original is given."""
-    from bot.cli import UserError
     from llm.download import DEFAULT_BASE_URLS, DownloadError, download_gpt2
     from llm.tf_bundle import TFCheckpointError
 
@@ -75,8 +75,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from bot.cli import add_n_heads_option, add_runtime_options
-
     p = sub.add_parser("evaluate", help="answer the test split and optionally score it with a judge model",
                        description=cmd_evaluate.__doc__)  # fmt: skip
     source = p.add_mutually_exclusive_group()
@@ -108,7 +106,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     instruction-data-with-response.json. With --judge-url and --judge-model, a judge model behind an Ollama or
     OpenAI-compatible endpoint scores each answer from 0 to 100 with the book's prompt (temperature 0, seed 123),
     and the average is printed."""
-    from bot.cli import UserError, answer_length, load_model, settings_for
     from llm.assets import INSTRUCTION_DATA
     from llm.data import DataError, load_records
     from llm.evaluate import (

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from bot.adapters.slack_text import MESSAGE_LIMIT, POST_OPTIONS, escape, escape_stream
+from bot.adapters.slack.text import MESSAGE_LIMIT, POST_OPTIONS, escape, escape_stream
 from bot.adapters.splitting import split_message
 from bot.adapters.streaming import EMPTY_ANSWER, StreamedMessages, until_accepted
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.generation import (
+from bot.inference.generator import (
     Completion,
     GenerationFailed,
     GenerationHandle,

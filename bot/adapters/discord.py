@@ -24,17 +24,10 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.adapters.base import (
-    SUMMARIZE_MAX,
-    Incoming,
-    TranscriptLine,
-    TranscriptReader,
-    parse_command,
-    quote_language,
-)
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
-from bot.conversation import ConversationManager
+from bot.core.commands import SUMMARIZE_MAX, parse_command, quote_language
+from bot.core.messages import Core, Incoming, TranscriptLine, TranscriptReader
 from bot.draining import drain
 from storage.records import dm_tenant
 
@@ -62,8 +55,8 @@ class DiscordConfig:
 class DiscordAdapter:
     name = PLATFORM
 
-    def __init__(self, manager: ConversationManager, config: DiscordConfig) -> None:
-        self._manager = manager
+    def __init__(self, core: Core, config: DiscordConfig) -> None:
+        self._core = core
         self._config = config
         self._owner_ids: frozenset[int] = frozenset()
         self._closing = False
@@ -140,7 +133,7 @@ class DiscordAdapter:
             )
             reply = SinkReply(ChannelSink(message), limit=MESSAGE_LIMIT, interval_s=self._config.edit_interval_s)
             async with _typing(message.channel):
-                await self._manager.handle(incoming, reply)
+                await self._core.handle(incoming, reply)
 
     def _incoming(
         self,
@@ -187,7 +180,7 @@ class DiscordAdapter:
         else:
             log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
             return
-        await self._manager.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
+        await self._core.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
 
     async def _fetch_channel(self, channel_id: int) -> object | None:
         try:
@@ -197,7 +190,7 @@ class DiscordAdapter:
             return None
 
     async def _on_guild_remove(self, guild: discord.Guild) -> None:
-        deleted = await self._manager.tenant_removed(PLATFORM, str(guild.id), "guild removed")
+        deleted = await self._core.tenant_removed(PLATFORM, str(guild.id), "guild removed")
         log.info("removed from guild %s: %d stored messages purged", guild.id, deleted)
 
     # -- slash commands and context menus ------------------------------------------------------------------------
@@ -224,13 +217,13 @@ class DiscordAdapter:
             reply = SinkReply(
                 InteractionSink(interaction, ephemeral), limit=MESSAGE_LIMIT, interval_s=self._config.edit_interval_s
             )
-            await self._manager.handle(incoming, reply)
+            await self._core.handle(incoming, reply)
 
     async def checkpoint_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice]:
         probe = self._incoming(interaction.channel, interaction.guild, interaction.user, "reload", "", None)
-        if not self._manager.is_admin(probe):
+        if not self._core.is_admin(probe):
             return []  # nothing to pick for those who may not reload; the refusal itself comes from the core
-        names = await asyncio.to_thread(self._manager.checkpoint_names)
+        names = await asyncio.to_thread(self._core.checkpoint_names)
         matching = [n for n in names if current.lower() in n.lower()]
         return [app_commands.Choice(name=n[:100], value=n) for n in matching[:25]]  # Discord's limits
 

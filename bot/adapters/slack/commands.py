@@ -14,8 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from bot.adapters.base import Incoming, ReadRefused, TranscriptLine, TranscriptReader, quote_language
-from bot.adapters.slack_reply import (
+from bot.adapters.slack.reply import (
     ChannelSink,
     Ephemeral,
     SlackRefusedError,
@@ -24,13 +23,14 @@ from bot.adapters.slack_reply import (
     post_ephemeral_sender,
     response_url_sender,
 )
-from bot.adapters.slack_text import plain
+from bot.adapters.slack.text import plain
 from bot.adapters.streaming import RateLimited
-from bot.conversation import ConversationManager
+from bot.core.commands import quote_language
+from bot.core.messages import Core, Incoming, ReadRefused, TranscriptLine, TranscriptReader
 from storage.records import dm_channel
 
 if TYPE_CHECKING:
-    from bot.adapters.slack_adapter import SlackConfig
+    from bot.adapters.slack.adapter import SlackConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class SlackCommands:
     """Bolt listeners (the adapter registers them: ``on_command`` for each of COMMANDS, the ``on_…`` shortcut
     listeners under their callback ids) and the conversation reading that summaries need."""
 
-    def __init__(self, manager: ConversationManager, api: WebApi, config: SlackConfig, spawn: Spawn):
-        self._manager = manager
+    def __init__(self, core: Core, api: WebApi, config: SlackConfig, spawn: Spawn):
+        self._core = core
         self._api = api
         self._config = config
         self._spawn = spawn
@@ -79,7 +79,7 @@ class SlackCommands:
             platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
             command=name, is_dm=channel.startswith("D"), transcript=transcript,
         )
-        await self._manager.handle(incoming, reply)
+        await self._core.handle(incoming, reply)
 
     async def _shortcut(self, shortcut: dict[str, Any], respond: Any, command: str) -> None:
         team, user = str(shortcut["team"]["id"]), str(shortcut["user"]["id"])
@@ -95,7 +95,7 @@ class SlackCommands:
             platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
             command=command, thread=root, is_dm=channel.startswith("D"), transcript=transcript,
         )
-        await self._manager.handle(incoming, reply)
+        await self._core.handle(incoming, reply)
 
     def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
         ephemeral: Ephemeral = (

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.adapters.base import Incoming, Reply
-from bot.auth import AdminPolicy
-from bot.channel_settings import ChannelConfig, ChannelSettings, SettingError, describe, parse_setting
-from bot.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
-from bot.generation import Generator, ModelInfo, ReloadFailed
-from llm.prompts import Encoder, answer_length_problem, max_new_tokens_limit
+from bot.core.answering import Answerer
+from bot.core.auth import AdminPolicy
+from bot.core.channel_settings import ChannelConfig, ChannelSettings, SettingError, describe, parse_setting, shown
+from bot.core.checkpoint_names import CheckpointNameError, list_checkpoints, resolve_checkpoint
+from bot.core.messages import Incoming, Reply
+from bot.inference.generator import Generator, ModelInfo, ReloadFailed
 from storage.db import DatabaseUnavailableError
 from storage.store import Store
 
@@ -44,17 +44,17 @@ class AdminCommands:
         self,
         store: Store,
         generator: Generator,
-        encoder: Encoder,
         admins: AdminPolicy,
         channel_settings: ChannelSettings,
+        answerer: Answerer,
         checkpoints_dir: Path,
         defaults: ChannelConfig,
     ) -> None:
         self._store = store
         self._generator = generator
-        self._encoder = encoder
         self._admins = admins
         self._channel_settings = channel_settings
+        self._answerer = answerer
         self._checkpoints_dir = checkpoints_dir
         self._defaults = defaults
         self._reload_lock = asyncio.Lock()  # one reload at a time; a second one waits its turn
@@ -63,10 +63,6 @@ class AdminCommands:
         return self._admins.is_admin(
             incoming.platform, incoming.tenant, incoming.author_id, is_owner=incoming.author_is_owner
         )
-
-    def answer_limit(self) -> int:
-        """The longest answer (`max_new_tokens`) the serving model's context allows beside a prompt."""
-        return max_new_tokens_limit(self._generator.context_length, self._encoder)
 
     def checkpoint_names(self) -> list[str]:
         return [path.name for path in list_checkpoints(self._checkpoints_dir)]
@@ -109,7 +105,7 @@ class AdminCommands:
             except ReloadFailed as e:
                 await self._record_reload(platform, tenant, actor_id, path.name, None, {"error": str(e)}, ok=False)
                 raise
-            limit = self.answer_limit()
+            limit = self._answerer.answer_limit()
             lowered = await self._lower_answer_lengths(limit, actor_id)
         result = ReloadResult(info, limit, lowered, self._defaults.max_new_tokens > limit)
         detail: dict[str, Any] = {"sha256": info.sha256, "context_length": info.context_length}
@@ -170,7 +166,7 @@ class AdminCommands:
         words = incoming.text.split()
         if not words:
             stored = await self._channel_settings.get(key)
-            config = self._defaults.with_stored(stored).fitted(self.answer_limit())
+            config = self._defaults.with_stored(stored).fitted(self._answerer.answer_limit())
             await reply.send("Settings for this channel:\n" + describe(config, stored))
             return
         if not await self._admin_only(incoming, reply, "channel.settings", incoming.text):
@@ -180,21 +176,25 @@ class AdminCommands:
                 raise SettingError(f"a setting and its value take at most {MAX_ARGUMENT_CHARS} characters")
             if len(words) != 2:
                 raise SettingError("usage: settings <key> <value> (or 'default' to reset); settings alone shows them")
-            name, value = parse_setting(words[0], words[1])
-            if name == "max_new_tokens" and value is not None:
+            limit = self._answerer.answer_limit()
+            try:
+                name, value = parse_setting(words[0], words[1], {"max_new_tokens": limit})
+            except SettingError as e:
+                if not str(e).startswith("max_new_tokens"):
+                    raise
                 info = self._generator.info
-                if problem := answer_length_problem(value, info.context_length, self._encoder):
-                    raise SettingError(
-                        f"max_new_tokens {value} is too long for the model now serving ({info.name}): {problem}"
-                    )
+                raise SettingError(
+                    f"{e} for the model now serving ({info.name}): its context of {info.context_length} tokens "
+                    "must also hold the prompt"
+                ) from None
         except SettingError as e:
             await self._audit(incoming, "channel.settings", incoming.text, ok=False, error=str(e))
             await reply.send(f"Not changed: {e}")
             return
         merged = await self._channel_settings.update(key, {name: value}, incoming.author_id)
         await self._audit(incoming, "channel.settings", f"{name}={value}", ok=True, channel=incoming.channel)
-        shown = getattr(self._defaults.with_stored(merged).fitted(self.answer_limit()), name)
-        await reply.send(f"{name} is now {'off' if shown is None else shown} in this channel.")
+        now = getattr(self._defaults.with_stored(merged).fitted(self._answerer.answer_limit()), name)
+        await reply.send(f"{name} is now {shown(now)} in this channel.")
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

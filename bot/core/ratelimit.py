@@ -7,6 +7,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from bot.core.auth import AdminPolicy
+from bot.core.messages import Incoming
+
 log = logging.getLogger(__name__)
 
 
@@ -43,3 +46,32 @@ class RateLimiter:
             idle = [k for k, t in self._seen.items() if not t or now - t[-1] >= self._window]
             for k in idle:
                 del self._seen[k]
+
+
+class SenderLimits:
+    """The rate limit as the core applies it: per user of a platform, and never to the person running the bot (the
+    terminal's user, the bot application's owners)."""
+
+    def __init__(self, limiter: RateLimiter, admins: AdminPolicy) -> None:
+        self._limiter = limiter
+        self._admins = admins
+
+    def wait(self, incoming: Incoming) -> float:
+        """0 if the sender may go ahead now (and count the request), else the seconds to wait."""
+        return self._limiter.check(_sender(incoming)) if self._counted(incoming) else 0.0
+
+    def refund(self, incoming: Incoming) -> None:
+        """Take back the request `wait` counted (a redelivery, or a message that could not be stored)."""
+        if self._counted(incoming):
+            self._limiter.refund(_sender(incoming))
+
+    def _counted(self, incoming: Incoming) -> bool:
+        return not self._admins.is_operator(incoming.platform, is_owner=incoming.author_is_owner)
+
+
+def wait_message(wait_s: float) -> str:
+    return f"You're sending messages faster than I can answer; please wait {wait_s:.0f} s and send it again."
+
+
+def _sender(incoming: Incoming) -> tuple[str, str]:
+    return incoming.platform, incoming.author_id

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bot.generation import (
+from bot.inference.generator import (
     Completion,
     GenerationFailed,
     GenerationHandle,
@@ -31,7 +31,7 @@ from bot.generation import (
     ModelInfo,
     ReloadFailed,
 )
-from bot.inference_worker import InferenceWorker, Request, Served
+from bot.inference.worker import InferenceWorker, Request, Served
 from llm.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from llm.engine import Engine
 from llm.generate import SamplingParams, fit_prompt, generate_tokens

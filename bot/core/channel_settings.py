@@ -56,22 +56,26 @@ class ChannelConfig:
         }
 
 
-def _number(kind: Callable[[str], Any], low: float, high: float, *, optional: bool = False) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
+Parser = Callable[[str, float | None], Any]  # (what was typed, a lower ceiling than the setting's own, or None)
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float, *, optional: bool = False) -> Parser:
+    def parse(raw: str, ceiling: float | None) -> Any:
         if optional and raw.lower() in OFF_WORDS:
             return None
         try:
             value = kind(raw)
         except ValueError:
             raise SettingError(f"{raw!r} is not a {'whole ' if kind is int else ''}number") from None
-        if not low <= value <= high:
-            raise SettingError(f"{raw} is out of range: choose {low:g} to {high:g}" + (" or off" if optional else ""))
+        top = high if ceiling is None else min(high, ceiling)
+        if not low <= value <= top:
+            raise SettingError(f"{raw} is out of range: choose {low:g} to {top:g}" + (" or off" if optional else ""))
         return value
 
     return parse
 
 
-def _switch(raw: str) -> bool:
+def _switch(raw: str, _: float | None) -> bool:
     word = raw.lower()
     if word in ("on", "true", "yes", "1"):
         return True
@@ -80,7 +84,7 @@ def _switch(raw: str) -> bool:
     raise SettingError(f"{raw!r} is not on or off")
 
 
-SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
+SETTINGS: dict[str, tuple[Parser, str]] = {
     "temperature": (_number(float, 0.0, 2.0), "0 is greedy (exact, repeatable); higher is more varied"),
     "top_k": (_number(int, 1, 50257, optional=True), "sample only from the k likeliest tokens, or off"),
     "top_p": (_number(float, 0.01, 1.0, optional=True), "nucleus sampling threshold, or off"),
@@ -90,8 +94,9 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
-def parse_setting(key: str, raw: str) -> tuple[str, Any]:
-    """(key, value) for ``settings KEY VALUE``; value None means back to the default."""
+def parse_setting(key: str, raw: str, ceilings: Mapping[str, float] | None = None) -> tuple[str, Any]:
+    """(key, value) for ``settings KEY VALUE``; value None means back to the default. ``ceilings`` lower a numeric
+    setting's upper bound (max_new_tokens: what the serving model's context holds)."""
     key = key.lower().replace("-", "_")
     if key not in SETTINGS:
         raise SettingError(f"unknown setting {key!r}; settings are: {', '.join(SETTINGS)}")
@@ -99,18 +104,21 @@ def parse_setting(key: str, raw: str) -> tuple[str, Any]:
         return key, None
     parse, _ = SETTINGS[key]
     try:
-        return key, parse(raw)
+        return key, parse(raw, (ceilings or {}).get(key))
     except SettingError as e:
         raise SettingError(f"{key}: {e}") from None
+
+
+def shown(value: object) -> str:
+    """A setting's value as `settings` shows it."""
+    return "off" if value is None or value is False else "on" if value is True else str(value)
 
 
 def describe(config: ChannelConfig, stored: Mapping[str, Any]) -> str:
     lines = []
     for key, (_, help_text) in SETTINGS.items():
-        value = getattr(config, key)
-        shown = "off" if value is None else ("on" if value is True else "off" if value is False else value)
         origin = "" if key in stored else " (default)"
-        lines.append(f"{key} = {shown}{origin}: {help_text}")
+        lines.append(f"{key} = {shown(getattr(config, key))}{origin}: {help_text}")
     return "\n".join(lines)
 
 

@@ -33,19 +33,19 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import Incoming, parse_command
 from bot.adapters.redaction import install_redaction
-from bot.adapters.slack_commands import (
+from bot.adapters.slack.commands import (
     COMMANDS,
     SUMMARIZE_SHORTCUT,
     TRANSLATE_SHORTCUT,
     SlackCommands,
     conversation_channel,
 )
-from bot.adapters.slack_reply import ChannelSink, SlackRefusedError, SlackReply
-from bot.adapters.slack_text import MESSAGE_LIMIT, SECRETS, plain
+from bot.adapters.slack.reply import ChannelSink, SlackRefusedError, SlackReply
+from bot.adapters.slack.text import MESSAGE_LIMIT, SECRETS, plain
 from bot.adapters.streaming import RateLimited
-from bot.conversation import ConversationManager
+from bot.core.commands import parse_command
+from bot.core.messages import Core, Incoming
 from bot.draining import drain
 from bot.settings import Settings
 from storage.records import dm_channel
@@ -107,8 +107,8 @@ def slack_config(settings: Settings) -> SlackConfig:
 class SlackAdapter:
     name = "slack"
 
-    def __init__(self, manager: ConversationManager, config: SlackConfig) -> None:
-        self._manager = manager
+    def __init__(self, core: Core, config: SlackConfig) -> None:
+        self._core = core
         self._config = config
         SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
         for sdk in ("slack_sdk", "slack_bolt"):  # their own module loggers too: the webhook client behind
@@ -130,7 +130,7 @@ class SlackAdapter:
             process_before_response=False,  # listeners ack and hand work to our own tasks either way
         )
         self.api = SdkWebApi(self.client)
-        self._commands = SlackCommands(manager, self.api, config, self._spawn)
+        self._commands = SlackCommands(core, self.api, config, self._spawn)
         self._register()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
@@ -260,7 +260,7 @@ class SlackAdapter:
             text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,
             transcript=transcript, event_id=str(body["event_id"]) if body.get("event_id") else None,
         )
-        await self._manager.handle(incoming, reply)
+        await self._core.handle(incoming, reply)
 
     async def _deleted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
         previous = event.get("previous_message") or {}
@@ -272,7 +272,7 @@ class SlackAdapter:
             if not previous.get("user"):
                 return  # not a user's message; nothing of ours is keyed by it
             channel = dm_channel(str(previous["user"]))
-        await self._manager.message_deleted("slack", _team(body, context), channel, str(deleted_ts))
+        await self._core.message_deleted("slack", _team(body, context), channel, str(deleted_ts))
 
     async def _on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
         await ack()
@@ -285,7 +285,7 @@ class SlackAdapter:
             self._spawn(self._purge(_team(body, context), "tokens_revoked"))
 
     async def _purge(self, team: str, reason: str) -> None:
-        deleted = await self._manager.tenant_removed("slack", team, reason)
+        deleted = await self._core.tenant_removed("slack", team, reason)
         log.info("Slack workspace %s removed (%s): %d stored messages deleted", team, reason, deleted)
 
 

@@ -1,7 +1,7 @@
 """``scratchbot finetune``: chapter 7's instruction finetuning as one command.
 
-Registered in `bot.cli.COMMANDS`. Parse, call `llm.finetune.finetune`, print where things went; what the user can fix
-becomes one line (`bot.cli.UserError`). `bot.cli` is imported inside the function because it imports this module.
+Registered in `bot.cli.main.COMMANDS`. Parse, call `llm.finetune.finetune`, print where things went; what the user
+can fix becomes one line (`bot.cli.common.UserError`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+from bot.cli.common import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune on Alpaca-format instruction data exactly as chapter 7 of the book does (its split, batch 8, AdamW
     5e-5, weight decay 0.1, 2 epochs, seed 123), by default with a faster loop that optimises the same loss, or with
     --exact the book's own loop. Writes OUT (safetensors), OUT-loss.png and OUT-history.json."""
-    from bot.cli import UserError
     from bot.settings import load_settings
     from llm.assets import INSTRUCTION_DATA
     from llm.data import DataError
