@@ -57,7 +57,8 @@ def _discord_adapter(manager: ConversationManager, settings: Settings) -> Platfo
 
 
 def _slack_adapter(manager: ConversationManager, settings: Settings) -> PlatformAdapter:
-    from bot.adapters.slack.adapter import SlackAdapter, slack_config
+    from bot.adapters.slack.adapter import SlackAdapter
+    from bot.adapters.slack.config import slack_config
 
     return SlackAdapter(manager, slack_config(settings))
 
@@ -91,7 +92,6 @@ async def run_service(
     """Serve every configured platform (the terminal when none is) until a signal or a platform fails for good.
     Returns the exit status: 0 after a requested stop, 1 when a platform adapter failed."""
     path = find_checkpoint(settings.checkpoint, settings.checkpoints_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer()
     loaded = await asyncio.to_thread(load_checkpoint, path, settings.device)
     check_answer_length(settings, loaded.config.context_length, path.name, tokenizer)

@@ -116,9 +116,9 @@ def min_prompt_tokens(encoder: Encoder) -> int:
 
 def max_new_tokens_limit(context_length: int, encoder: Encoder, *, raw: bool = False) -> int:
     """The largest answer length a model of ``context_length`` can serve while keeping `min_prompt_tokens` for the
-    prompt (``raw``: a prompt sent without the template, of at least one token). A `max_new_tokens` above it would
-    leave every prompt cut to nothing; below 1, the model is too small."""
-    return context_length - (1 if raw else min_prompt_tokens(encoder))
+    prompt (``raw``: a prompt sent without the template keeps MIN_MESSAGE_TOKENS). A `max_new_tokens` above it would
+    leave every prompt cut to almost nothing; below 1, the model is too small."""
+    return context_length - (MIN_MESSAGE_TOKENS if raw else min_prompt_tokens(encoder))
 
 
 def answer_length_problem(
@@ -127,7 +127,11 @@ def answer_length_problem(
     """Why answers of ``max_new_tokens`` tokens cannot be served by a model of ``context_length``, or None when they
     can: the one rule for every place an answer length is set (a flag, a setting, a channel's setting, a reload)."""
     limit = max_new_tokens_limit(context_length, encoder, raw=raw)
-    prompt = "a prompt" if raw else f"the prompt template and a short message ({min_prompt_tokens(encoder)} tokens)"
+    prompt = (
+        f"a prompt of {MIN_MESSAGE_TOKENS} tokens"
+        if raw
+        else f"the prompt template and a short message ({min_prompt_tokens(encoder)} tokens)"
+    )
     if limit < 1:
         return f"a context of {context_length} tokens is too short for {prompt}"
     if max_new_tokens > limit:

@@ -188,16 +188,29 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     connection = engine.connect()
     try:
         await connection.start()
-    except (OSError, DBAPIError) as e:
-        reason = e.orig if isinstance(e, DBAPIError) else e
+    except (OSError, TimeoutError, DBAPIError) as e:
+        # Any refusal at first contact counts (a wrong password or database name too), with the driver's words.
+        reason = unavailable_reason(e) or str(e.orig if isinstance(e, DBAPIError) else e) or type(e).__name__
         raise DatabaseUnavailableError(
-            f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: {reason}. "
-            "Check that the database server is running and that the URL is right."
+            f"cannot connect to the database {describe_database(engine.url)}: {reason}. {_check_hint(engine.url)}"
         ) from e
     try:
         yield connection
     finally:
         await connection.close()
+
+
+def describe_database(url: URL) -> str:
+    """How to name a database to a person: a SQLite file by its path, a server by its URL without the password."""
+    if url.get_backend_name() == "sqlite" and url.database:
+        return str(Path(url.database).expanduser().resolve())
+    return url.render_as_string(hide_password=True)
+
+
+def _check_hint(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return "Check that the file and its directory exist and can be read and written by this user."
+    return "Check that the database server is running and answering, and that the URL is right."
 
 
 @asynccontextmanager

@@ -38,6 +38,7 @@ from storage.db import (
     StorageError,
     connect,
     create_engine,
+    describe_database,
     unavailable_as_error,
 )
 
@@ -157,10 +158,9 @@ async def _migrate(engine: AsyncEngine, step: Callable[[Connection, Config], T])
             async with unavailable_as_error():
                 return await _migrate_on(connection, step)
         except DatabaseUnavailableError as e:
-            shown = engine.url.render_as_string(hide_password=True)
             raise DatabaseUnavailableError(
-                f"migrating the database {shown} failed: {e}. Check that the server is running and answering, then "
-                "start again (nothing was changed)"
+                f"migrating the database {describe_database(engine.url)} failed: {e}. Check that it can be reached "
+                "and written, then start again (nothing was changed)"
             ) from e
 
 

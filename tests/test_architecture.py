@@ -1,10 +1,14 @@
-"""The house rules of DESIGN.md, checked on the source: imports point one way (`bot` -> `llm`, `storage`; never
-back, and `llm` and `storage` never import each other), each chat SDK is imported by exactly one adapter module,
-and torch stays in `llm/` and `bot/inference.py`. A rule that is only written down is broken by the next change."""
+"""The house rules of docs/architecture.md, checked on the source: imports point one way (adapters -> core ->
+inference -> `llm`; `bot` -> `llm`, `storage`; never back, and `llm` and `storage` never import each other), only the
+composition root and the command line import the adapters, each chat SDK is imported by exactly one adapter module,
+torch stays in `llm/` and the local generator, and no module imports itself through others. A rule that is only
+written down is broken by the next change."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection, Mapping
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -14,29 +18,75 @@ PACKAGES = ("bot", "llm", "storage")
 
 
 def imports(path: Path) -> set[str]:
-    """Top-level names of every module ``path`` imports, wherever the import statement is (functions too)."""
+    """Every module ``path`` imports, wherever the import statement is (functions and TYPE_CHECKING blocks too):
+    ``from a.b import c`` counts as a.b, and as a.b.c where that is a module of ours."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names if _file(f"{node.module}.{alias.name}")}
     return names
 
 
-def modules() -> dict[str, set[str]]:
-    return {
-        path.relative_to(ROOT).as_posix(): imports(path)
-        for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
-    }
+def _file(module: str) -> Path | None:
+    """The source file of one of our modules (a package: its __init__), or None."""
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def graph() -> dict[str, frozenset[str]]:
+    """Each of our modules -> the modules of ours it imports."""
+    sources = [path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))]
+    ours = {_name(path) for path in sources}
+    return {_name(path): frozenset(n for n in imports(path) if n in ours) for path in sources}
 
 
 def importers(prefix: str) -> set[str]:
+    """Our modules that import ``prefix`` or anything under it."""
+
     def matches(name: str) -> bool:
         return name == prefix or name.startswith(prefix + ".")
 
-    return {module for module, names in modules().items() if any(matches(n) for n in names)}
+    found = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if any(matches(n) for n in imports(path)):
+                found.add(_name(path))
+    return found
+
+
+def cycles(edges: Mapping[str, Collection[str]]) -> list[list[str]]:
+    """Every import cycle of ``edges`` (as one path around it), found by depth-first search."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                found.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    return found
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
@@ -45,21 +95,43 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert imports(source) == {"os", "slack_sdk.errors", "torch.nn"}
 
 
+def test_the_checker_reads_real_edges_and_finds_cycles() -> None:
+    assert "bot.core.messages" in graph()["bot.core.conversation"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert cycles(graph()) == []
+
+
 @pytest.mark.parametrize(("package", "forbidden"), [("llm", ("bot", "storage")), ("storage", ("bot", "llm"))])
 def test_llm_and_storage_import_neither_bot_nor_each_other(package: str, forbidden: tuple[str, ...]) -> None:
-    offenders = {m for prefix in forbidden for m in importers(prefix) if m.startswith(f"{package}/")}
+    offenders = {m for prefix in forbidden for m in importers(prefix) if m.startswith(f"{package}.")}
+    assert offenders == set()
+
+
+def test_only_the_composition_root_and_the_command_line_import_the_adapters() -> None:
+    outside = {m for m in importers("bot.adapters") if not m.startswith(("bot.adapters", "bot.cli"))}
+    assert outside == {"bot.app"}
+
+
+@pytest.mark.parametrize("layer", ["bot.core", "bot.inference"])
+def test_the_core_and_inference_never_import_upwards(layer: str) -> None:
+    upwards = {"bot.core": ("bot.adapters", "bot.app", "bot.cli"), "bot.inference": ("bot.adapters", "bot.core")}
+    offenders = {m for prefix in upwards[layer] for m in importers(prefix) if m.startswith(layer)}
     assert offenders == set()
 
 
 @pytest.mark.parametrize(
     ("sdk", "only"),
-    [("discord", "bot/adapters/discord_adapter.py"), ("slack_bolt", "bot/adapters/slack_adapter.py"),
-     ("slack_sdk", "bot/adapters/slack_adapter.py")],
+    [("discord", "bot.adapters.discord"), ("slack_bolt", "bot.adapters.slack.adapter"),
+     ("slack_sdk", "bot.adapters.slack.adapter")],
 )  # fmt: skip
 def test_each_chat_sdk_is_imported_by_exactly_one_adapter_module(sdk: str, only: str) -> None:
     assert importers(sdk) == {only}
 
 
-def test_torch_stays_in_llm_and_the_inference_module() -> None:
-    outside = {m for m in importers("torch") if not m.startswith("llm/") and m != "bot/inference.py"}
+def test_torch_stays_in_llm_and_the_local_generator() -> None:
+    outside = {m for m in importers("torch") if not m.startswith("llm.") and m != "bot.inference.local"}
     assert outside == set()

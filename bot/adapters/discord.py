@@ -19,10 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import discord
-import yarl
 from discord import app_commands
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
@@ -45,7 +42,6 @@ TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/intera
 @dataclass(frozen=True)
 class DiscordConfig:
     token: str = field(repr=False)  # the bot token (developer portal -> Bot -> Reset Token); never logged or shown
-    api_base: str | None = None  # REST base such as "http://127.0.0.1:8080/api/v10"; None: Discord. Tests use a fake
     edit_interval_s: float = 1.0  # at most one edit of a streamed reply per this many seconds (Discord allows ~5/5 s)
     sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
     message_content: bool = False  # privileged intent; only lets /summarize read messages that do not mention us
@@ -74,9 +70,8 @@ class DiscordAdapter:
 
     async def run(self) -> None:
         """Log in, connect, serve until `close`. A bad token raises discord.LoginFailure."""
-        with _pointed_at(self._config.api_base):
-            async with self._client:
-                await self._client.start(self._config.token)
+        async with self._client:
+            await self._client.start(self._config.token)
 
     async def close(self) -> None:
         self._closing = True
@@ -88,10 +83,6 @@ class DiscordAdapter:
     # -- startup -------------------------------------------------------------------------------------------------
 
     async def _setup_hook(self) -> None:
-        if self._config.api_base is not None:
-            # A plain Client connects to Discord's fixed gateway; with another API, ask it where its gateway is.
-            _, url, _ = await self._client.http.get_bot_gateway()
-            DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         app = await self._client.application_info()
         owners = {app.owner.id}
         if app.team is not None:  # read-only team members may look, not reload (as discord.py's own is_owner)
@@ -336,20 +327,6 @@ def _intents(config: DiscordConfig) -> discord.Intents:
     intents.dm_messages = True  # direct messages and their deletion
     intents.message_content = config.message_content
     return intents
-
-
-@contextlib.contextmanager
-def _pointed_at(api_base: str | None) -> Iterator[None]:
-    """discord.py's REST base and gateway are class attributes; point them elsewhere for this run only."""
-    if api_base is None:
-        yield
-        return
-    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    Route.BASE = api_base.rstrip("/")
-    try:
-        yield
-    finally:
-        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 @contextlib.asynccontextmanager

@@ -27,13 +27,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Migrate the database the bot uses (the settings' SCRATCHBOT_DATABASE_URL, else DATA_DIR/scratchbot.db) to
     the schema this version of scratchbot uses; the bot also does this at start-up. A database migrated by a newer
     scratchbot is refused and left untouched."""
-    from storage.db import StorageError, normalize_url
+    from storage.db import StorageError, describe_database, normalize_url
     from storage.migrate import upgrade_database_at
 
     settings = settings_for(args)
     url = args.database_url or settings.resolved_database_url
     try:
-        shown = normalize_url(url).render_as_string(hide_password=True)
+        shown = describe_database(normalize_url(url))
         result = upgrade_database_at(url, settings.database_timeouts)
     except StorageError as e:
         raise UserError(str(e)) from None

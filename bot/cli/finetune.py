@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from bot.cli.common import UserError
+from bot.cli.common import UserError, refuse_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--save-book", action="store_true", help="also write the book's .pth next to --out")
     run.add_argument("--no-plot", action="store_true", help="skip the loss plot")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--force", action="store_true", help="overwrite OUT (and its .pth) if they exist")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -68,9 +69,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     --exact the book's own loop. Writes OUT (safetensors), OUT-loss.png and OUT-history.json."""
     from bot.settings import load_settings
     from llm.assets import INSTRUCTION_DATA
+    from llm.checkpoints import book_config_path
     from llm.data import DataError
     from llm.finetune import FinetuneConfig, FinetuneError, finetune
 
+    # Refused before training, not after hours of it.
+    refuse_overwrite(args.out, "safetensors", args.force)
+    if args.save_book:
+        refuse_overwrite(args.out.with_suffix(".pth"), "book", args.force)
     settings = load_settings()  # the training device is not the serving one, unless SCRATCHBOT_DEVICE was set
     device = args.device or (settings.device if settings.is_set("device") else "auto")
     fresh = ("emb_dim", "n_layers", "context_length") + (("n_heads",) if args.init else ())
@@ -115,7 +121,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         f"({result.device}, {result.precision}, {history.tokens_per_second:,.0f} tokens/s); "
         f"train loss {result.train_loss:.3f}, validation loss {result.val_loss:.3f}"
     )
-    for path in (result.checkpoint, result.book_checkpoint, result.plot, result.history_file):
+    book_config = book_config_path(result.book_checkpoint) if result.book_checkpoint else None
+    for path in (result.checkpoint, result.book_checkpoint, book_config, result.plot, result.history_file):
         if path is not None:
             print(f"wrote {path}")
     return 0

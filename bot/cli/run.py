@@ -28,7 +28,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from storage.db import StorageError
 
     settings = settings_for(args)
-    _configure_service_logging(settings, verbose=args.verbose)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _configure_service_logging(settings, verbose=args.verbose)
+    except OSError as e:
+        raise UserError(
+            f"cannot use the data directory {settings.data_dir}: {e.strerror or e}. Set SCRATCHBOT_DATA_DIR to a "
+            "directory this user can write to"
+        ) from None
     try:
         return asyncio.run(run_service(settings))
     except (StartupError, StorageError) as e:  # wrong URL, server down, a database from a newer version

@@ -25,6 +25,14 @@ HELP = (
 SUMMARIZE_INSTRUCTION = "Summarize the following conversation in a few sentences."
 
 
+def forgotten(count: int) -> str:
+    """What `forget` answers: what went, and that the bot's side of a direct conversation went with it."""
+    return (
+        f"Done: I deleted {count} stored message{'s' if count != 1 else ''}: everything you wrote, and our direct "
+        "conversations whole, my replies included."
+    )
+
+
 class UserCommands:
     def __init__(
         self,
@@ -107,7 +115,7 @@ class UserCommands:
 
     async def forget(self, incoming: Incoming, reply: Reply) -> None:
         deleted = await self._store.forget_user(incoming.platform, incoming.author_id)
-        await reply.send(f"Done: I deleted {deleted} stored message{'s' if deleted != 1 else ''} of yours.")
+        await reply.send(forgotten(deleted))
 
     async def help(self, incoming: Incoming, reply: Reply) -> None:
         await reply.send(HELP)

@@ -150,7 +150,7 @@ def test_an_answer_length_the_context_cannot_hold_is_refused_not_a_prompt_cut_to
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "128", "Hi")
     assert "--max-new-tokens 128 is too long for this model: a context of 128 tokens holds at most 60" in err
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--raw", "--max-new-tokens", "128", "Hi")
-    assert "holds at most 127 new tokens beside a prompt" in err
+    assert "holds at most 96 new tokens beside a prompt of 32 tokens" in err
     out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--max-new-tokens", "60", "Hi")
     assert out["truncated_prompt_tokens"] == 0 and out["prompt_tokens"] == len(Tokenizer().encode(render_prompt("Hi")))
 

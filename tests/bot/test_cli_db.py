@@ -17,7 +17,7 @@ def test_db_upgrade_creates_the_default_sqlite_file_under_data(tmp_path: Path, m
 
     assert main(["db", "upgrade"]) == 0
     out = capsys.readouterr().out
-    assert out == f"database sqlite+aiosqlite:///data/scratchbot.db upgraded from empty to {head_revision()}\n"
+    assert out == f"database {tmp_path / 'data' / 'scratchbot.db'} upgraded from empty to {head_revision()}\n"
     assert (tmp_path / "data" / "scratchbot.db").is_file()
 
     assert main(["db", "upgrade"]) == 0
@@ -77,3 +77,23 @@ def test_db_upgrade_never_prints_the_password(capsys, monkeypatch) -> None:
     assert main(["db", "upgrade"]) == 2
     err = capsys.readouterr().err
     assert "cannot connect to the database" in err and "s3cret" not in err
+
+
+def test_a_hung_database_server_is_named_with_the_reason(capsys, monkeypatch) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("SCRATCHBOT_DATABASE_CONNECT_TIMEOUT_S", "0.5")
+        assert main(["db", "upgrade", "--database-url", f"postgresql+asyncpg://postgres@127.0.0.1:{port}/x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the database" in err and "did not answer in time" in err
+
+
+def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("SCRATCHBOT_DATA_DIR", str(tmp_path / "a-file"))
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchbot: error: cannot use the data directory") and "SCRATCHBOT_DATA_DIR" in err
+    assert err.count("\n") == 1

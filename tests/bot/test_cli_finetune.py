@@ -34,6 +34,10 @@ def test_finetune_a_tiny_model_then_generate_with_it(data: Path, tmp_path: Path,
     # The book's .pth records no head count: the config written beside it keeps the 4 heads (not 32 / 64 = 1).
     assert load_checkpoint(out.with_suffix(".pth")).config == load_checkpoint(out).config
     assert json.loads(out.with_suffix(".json").read_text())["n_heads"] == 4
+    assert f"wrote {out.with_suffix('.json')}" in printed
+
+    assert main([*argv, "--quiet"]) == 2  # hours of training are not overwritten unless asked
+    assert "already exists" in capsys.readouterr().err
 
     assert main(["generate", "--checkpoint", str(out), "--json", "--max-new-tokens", "4", "Name a color."]) == 0
     assert json.loads(capsys.readouterr().out)["new_tokens"] >= 1

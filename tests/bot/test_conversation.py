@@ -10,9 +10,10 @@ import pytest
 from bot.core.admin import NOT_ADMIN
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
-from bot.core.conversation import BUSY, FAILED_SAVED, HELP, ConversationManager, ManagerConfig
+from bot.core.conversation import BUSY, CHAT_OFF, FAILED_SAVED, ConversationManager, ManagerConfig
 from bot.core.messages import Incoming, ReadRefused, TranscriptLine
 from bot.core.ratelimit import RateLimiter
+from bot.core.user_commands import HELP, forgotten
 from bot.inference.generator import GenerationTimeout, GeneratorBusy
 from llm.prompts import RESPONSE_STOPS, render_prompt
 from llm.tokenizer import Tokenizer
@@ -193,7 +194,7 @@ async def test_model_reports_checkpoint_and_load(manager) -> None:
 async def test_forget_deletes_the_callers_messages(manager, store) -> None:
     await ask(manager)
     reply = await ask(manager, replace(MSG, command="forget", text=""))
-    assert reply.sent == ["Done: I deleted 1 stored message of yours."]
+    assert reply.sent == [forgotten(1)]
     assert [m for m in await store.recent_history(KEY) if m.author_id == "u1"] == []
 
 
@@ -279,3 +280,25 @@ async def test_a_redelivery_of_an_answered_message_is_not_told_to_wait(manager, 
     again = await ask(manager, replace(MSG, message_id="m0"))  # a gateway replay, while the user is at the limit
     assert again.sent == [] and again.streamed == []
     assert "please wait" in (await ask(manager, replace(MSG, message_id="m5"))).sent[0]  # a new one is limited
+
+
+async def test_an_empty_answer_is_not_stored_as_a_turn(store, checkpoints) -> None:
+    manager = ConversationManager(
+        store,
+        FakeGenerator("   "),
+        TOKENIZER,
+        AdminPolicy({}),
+        RateLimiter(5),
+        checkpoints,
+        ManagerConfig(defaults=DEFAULTS),
+    )
+    await ask(manager)
+    assert [m.role for m in await store.recent_history(KEY)] == [Role.USER]
+
+
+async def test_chat_switched_off_says_so_in_a_conversation_of_two(manager, generator) -> None:
+    await ask(manager, replace(MSG, author_id="admin", command="settings", text="enabled off"))
+    dm = await ask(manager, replace(MSG, is_dm=True, message_id="dm1"))
+    assert dm.sent == [CHAT_OFF] and generator.prompts == []
+    shown = await ask(manager, replace(MSG, author_id="admin", command="settings", text="enabled on"))
+    assert shown.sent == ["enabled is now on in this channel."]

@@ -16,6 +16,7 @@ from bot.core.channel_settings import ChannelConfig
 from bot.core.conversation import BUSY, FAILED, ConversationManager, ManagerConfig
 from bot.core.messages import Incoming
 from bot.core.ratelimit import RateLimiter
+from bot.core.user_commands import forgotten
 from bot.inference.local import LocalGenerator
 from llm.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from llm.config import GPTConfig
@@ -60,7 +61,11 @@ async def make_manager(store: Store, checkpoints: Path, *, queue_size: int = 64,
 
 def chat(i: int, **changes: object) -> Incoming:
     base = Incoming(
-        platform="console", tenant="t", channel=f"c{i % 7}", author_id=f"user{i}", text=f"Question {i}?",
+        platform="console",
+        tenant="t",
+        channel=f"c{i % 7}",
+        author_id=f"user{i}",
+        text=f"Question {i}?",
         message_id=f"msg-{i}",
     )
     return replace(base, **changes)
@@ -70,9 +75,7 @@ async def test_fifty_concurrent_chats_are_answered_or_told_busy_and_nothing_is_l
     manager, generator = await make_manager(store, checkpoints, queue_size=20, max_batch=4)
     try:
         replies = [RecordingReply() for _ in range(50)]
-        await asyncio.wait_for(
-            asyncio.gather(*(manager.handle(chat(i), replies[i]) for i in range(50))), timeout=240
-        )
+        await asyncio.wait_for(asyncio.gather(*(manager.handle(chat(i), replies[i]) for i in range(50))), timeout=240)
     finally:
         await generator.close(5)
     answered = [r for r in replies if r.streamed]
@@ -107,9 +110,7 @@ async def test_reload_under_traffic_fails_no_request_and_later_ones_use_the_new_
     assert generator.info.name == "second.safetensors"
 
 
-async def test_a_corrupt_checkpoint_or_an_escaping_name_is_refused_and_the_old_model_serves(
-    store, checkpoints
-) -> None:
+async def test_a_corrupt_checkpoint_or_an_escaping_name_is_refused_and_the_old_model_serves(store, checkpoints) -> None:
     manager, generator = await make_manager(store, checkpoints)
     try:
         for name in ("corrupt.safetensors", "../../etc/passwd"):
@@ -138,4 +139,4 @@ async def test_the_console_adapter_chats_and_runs_commands(store, checkpoints) -
     assert out.startswith("scratchbot: chatting with first.safetensors")
     assert out.count("you> ") == 5  # four lines, then end of input
     assert "bot> Model: first.safetensors" in out
-    assert "bot> Done: I deleted 2 stored messages of yours." in out  # the terminal conversation, whole
+    assert "bot> " + forgotten(2) in out  # the terminal conversation, whole

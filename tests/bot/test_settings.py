@@ -31,10 +31,19 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.discord_admin_ids == ["1", "2", "3"] and settings.slack_admin_ids == ["T1:U1"]
 
 
-def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TEMPERATURE", "5"), ("TEMPERATURE", "nan"), ("DATABASE_STATEMENT_TIMEOUT_S", "1e7"),
+     ("DATABASE_STATEMENT_TIMEOUT_S", "inf"), ("DATABASE_STATEMENT_TIMEOUT_S", "0.0001"),
+     ("DATABASE_CONNECT_TIMEOUT_S", "1e-9"), ("REQUEST_TIMEOUT_S", "inf"), ("RETENTION_DAYS", "1000000000"),
+     ("SUMMARIZE_DEFAULT", "501"), ("SHUTDOWN_GRACE_S", "nan")],
+)  # fmt: skip
+def test_values_that_would_break_the_bot_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str
+) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SCRATCHBOT_TEMPERATURE", "5")
-    with pytest.raises(ValidationError, match="temperature"):
+    monkeypatch.setenv(f"SCRATCHBOT_{name}", value)
+    with pytest.raises(ValidationError, match=name.lower()):
         Settings()
 
 

@@ -93,6 +93,10 @@ class FakeDiscord:
         return self.base_url + API
 
     @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.base_url.split('//')[1]}/gateway"
+
+    @property
     def connected(self) -> bool:
         return self._socket is not None and not self._socket.closed and self._ready
 

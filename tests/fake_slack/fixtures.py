@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.adapters.slack.adapter import SlackAdapter, SlackConfig
+from bot.adapters.slack.adapter import SlackAdapter
+from bot.adapters.slack.config import SlackConfig
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
 from bot.core.conversation import ConversationManager, ManagerConfig

@@ -30,7 +30,7 @@ from bot.core.messages import Core, Incoming, ReadRefused, TranscriptLine, Trans
 from storage.records import dm_channel
 
 if TYPE_CHECKING:
-    from bot.adapters.slack.adapter import SlackConfig
+    from bot.adapters.slack.config import SlackConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
 
 from bot.adapters.discord import DiscordAdapter, DiscordConfig
 from bot.core.auth import AdminPolicy
@@ -141,12 +144,18 @@ def application_fixture(request: pytest.FixtureRequest) -> dict:
     return getattr(request, "param", None) or p.application()
 
 
+def point_discord_py_at(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    """discord.py talks to Discord's fixed addresses, kept in class attributes; this test's client talks to the fake."""
+    monkeypatch.setattr(Route, "BASE", fake.api_base)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+
+
 @pytest.fixture(name="bot")
-async def bot_fixture(manager, generator, store, application) -> AsyncIterator[Bot]:
+async def bot_fixture(manager, generator, store, application, monkeypatch) -> AsyncIterator[Bot]:
     fake = FakeDiscord(TOKEN, application=application)
     await fake.start()
-    adapter = DiscordAdapter(manager, DiscordConfig(token=TOKEN, api_base=fake.api_base,
-                                                    edit_interval_s=EDIT_INTERVAL_S, close_grace_s=5.0))
+    point_discord_py_at(fake, monkeypatch)
+    adapter = DiscordAdapter(manager, DiscordConfig(token=TOKEN, edit_interval_s=EDIT_INTERVAL_S, close_grace_s=5.0))
     task = asyncio.create_task(adapter.run())
     try:
         await wait_until(lambda: fake.connected or task.done(), "the bot to connect")

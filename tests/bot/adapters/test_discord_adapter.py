@@ -14,7 +14,6 @@ import logging
 
 import discord
 import pytest
-from discord.http import Route
 
 from bot.adapters.discord import MESSAGE_LIMIT, RESTARTING, DiscordAdapter, DiscordConfig
 from bot.adapters.redaction import REDACTED
@@ -28,6 +27,7 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     checkpoints_fixture,
     generator_fixture,
     manager_fixture,
+    point_discord_py_at,
     poll,
     wait_until,
 )
@@ -247,7 +247,6 @@ async def test_close_lets_an_answer_in_progress_finish_and_takes_no_new_ones(bot
     assert [m.content for m in bot.chain(question["id"])] == ["Finished properly, every word of it."]
     assert [m.content for m in bot.discord.replies_to(late["id"])] == [RESTARTING]  # told, not answered
     assert len(bot.generator.prompts) == 1
-    assert Route.BASE == "https://discord.com/api/v10"  # the fake's address was for this run only
 
 
 async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cursor(bot: Bot) -> None:
@@ -261,18 +260,18 @@ async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cu
     assert reply.content and not reply.content.endswith("…")  # what arrived, shown as it ended
 
 
-async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
+async def test_a_wrong_token_stops_run_with_discords_refusal(manager, monkeypatch) -> None:
     fake = FakeDiscord(TOKEN)
     await fake.start()
+    point_discord_py_at(fake, monkeypatch)
     try:
-        adapter = DiscordAdapter(manager, DiscordConfig(token="not-the-token", api_base=fake.api_base))
+        adapter = DiscordAdapter(manager, DiscordConfig(token="not-the-token"))
         with pytest.raises(discord.LoginFailure):
             await asyncio.wait_for(adapter.run(), 20)
         await adapter.close()  # safe after run ended, and again
         await adapter.close()
     finally:
         await fake.close()
-    assert Route.BASE == "https://discord.com/api/v10"
 
 
 def test_the_config_never_shows_its_token() -> None:

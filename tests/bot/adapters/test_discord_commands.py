@@ -11,6 +11,7 @@ import pytest
 
 from bot.adapters.discord import MESSAGE_LIMIT
 from bot.core.admin import NOT_ADMIN
+from bot.core.user_commands import forgotten
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, dm_tenant
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
@@ -45,8 +46,13 @@ def last_prompt(bot: Bot) -> str:
 async def test_the_commands_are_published_at_startup(bot: Bot) -> None:
     published = {(c["name"], c["type"]) for c in bot.discord.commands}
     assert published == {
-        ("summarize", 1), ("translate", 1), ("model", 1), ("forget", 1), ("reload", 1),
-        ("Summarize thread", 3), ("Translate message", 3),
+        ("summarize", 1),
+        ("translate", 1),
+        ("model", 1),
+        ("forget", 1),
+        ("reload", 1),
+        ("Summarize thread", 3),
+        ("Translate message", 3),
     }
     reload = next(c for c in bot.discord.commands if c["name"] == "reload")
     assert reload["options"][0]["autocomplete"] is True
@@ -56,10 +62,14 @@ async def test_each_slash_command_defers_then_answers_in_the_deferred_response(b
     for text in ("first words of the day", "second thoughts", "third time lucky"):
         await bot.discord.dispatch("MESSAGE_CREATE", p.message(p.CHANNEL_ID, p.ALICE, text))
     cases = [
-        (p.slash("summarize", count=2), lambda prompt: "Alice: second thoughts\nAlice: third time lucky" in prompt
-         and "first words" not in prompt),
-        (p.slash("translate", language="Brazilian Portuguese", text="Good morning"),
-         lambda prompt: "into Brazilian Portuguese." in prompt and "Good morning" in prompt),
+        (
+            p.slash("summarize", count=2),
+            lambda prompt: "Alice: second thoughts\nAlice: third time lucky" in prompt and "first words" not in prompt,
+        ),
+        (
+            p.slash("translate", language="Brazilian Portuguese", text="Good morning"),
+            lambda prompt: "into Brazilian Portuguese." in prompt and "Good morning" in prompt,
+        ),
         (p.slash("model"), None),
         (p.slash("forget"), None),
     ]
@@ -158,7 +168,7 @@ async def test_a_command_in_a_dm_is_filed_under_the_user(bot: Bot) -> None:
     key = ConversationKey("discord", dm_tenant(p.USER_ID), p.DM_CHANNEL_ID)
     await bot.history_becomes(key, ["remember this", "The answer is 4."])
     token = await bot.interact(p.slash("forget"), channel=p.dm_channel(p.ALICE))
-    assert await bot.command_answered(token, finished()) == ["Done: I deleted 2 stored messages of yours."]
+    assert await bot.command_answered(token, finished()) == [forgotten(2)]
     assert await bot.store.recent_history(key) == []
     edits = bot.discord.calls_to("PATCH", rf"/webhooks/{p.APP_ID}/[^/]+/messages/@original")
     assert edits and all(c.json["allowed_mentions"] == {"parse": []} for c in edits)

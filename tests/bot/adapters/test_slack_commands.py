@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.core.admin import NOT_ADMIN
+from bot.core.user_commands import forgotten
 from storage.records import ConversationKey, dm_channel
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import ADMIN, ANSWER, SUMMARIZE_DEFAULT, TOKENIZER, running, socket_config
@@ -38,18 +39,25 @@ async def test_reload_is_refused_and_audited_for_a_non_admin_and_allowed_for_a_c
         await fake_slack.send("slash_commands", slash_command("/reload", "next.safetensors", fake_slack.response_url()))
         await eventually(lambda: ephemeral_texts(fake_slack) == [NOT_ADMIN], what="the refusal")
         # The same user id in another workspace is someone else: admin ids are TEAM:USER.
-        await fake_slack.send("slash_commands", slash_command("/reload", "next.safetensors", fake_slack.response_url(),
-                                                              user=ADMIN, team="T-other"))
+        await fake_slack.send(
+            "slash_commands",
+            slash_command("/reload", "next.safetensors", fake_slack.response_url(), user=ADMIN, team="T-other"),
+        )
         await eventually(lambda: len(fake_slack.ephemeral) == 2, what="the second refusal")
-        await fake_slack.send("slash_commands", slash_command("/reload", "next.safetensors", fake_slack.response_url(),
-                                                              user=ADMIN))
-        await eventually(lambda: any(t.startswith("Now serving next.safetensors") for t in ephemeral_texts(fake_slack)),
-                         what="the reload")
+        await fake_slack.send(
+            "slash_commands", slash_command("/reload", "next.safetensors", fake_slack.response_url(), user=ADMIN)
+        )
+        await eventually(
+            lambda: any(t.startswith("Now serving next.safetensors") for t in ephemeral_texts(fake_slack)),
+            what="the reload",
+        )
     assert all(e["response_type"] == "ephemeral" for e in fake_slack.ephemeral)
     assert fake_slack.ephemeral[1]["text"] == NOT_ADMIN
     refused = [a for a in await store.audit_entries(platform="slack") if a.action == "checkpoint.reload"]
     assert [(a.tenant, a.actor_id, a.detail.get("ok")) for a in reversed(refused)] == [
-        ("T1", "U1", False), ("T-other", ADMIN, False), ("T1", ADMIN, True)
+        ("T1", "U1", False),
+        ("T-other", ADMIN, False),
+        ("T1", ADMIN, True),
     ]
     assert not fake_slack.called("chat.postMessage")  # nothing of it in the channel
 
@@ -64,7 +72,7 @@ async def test_model_is_ephemeral_and_forget_removes_the_users_dm_whole(fake_sla
         await fake_slack.send("slash_commands", slash_command("/forget", "", fake_slack.response_url()))
         await eventually(lambda: len(fake_slack.ephemeral) == 2, what="/forget")
     assert fake_slack.ephemeral[0]["text"].startswith("Model: fake.safetensors")
-    assert fake_slack.ephemeral[1]["text"] == "Done: I deleted 2 stored messages of yours."  # the bot's reply too
+    assert fake_slack.ephemeral[1]["text"] == forgotten(2)  # the bot's reply too
     assert await store.recent_history(dm) == []
 
 
@@ -95,8 +103,9 @@ async def test_translate_posts_in_the_channel_and_usage_stays_private(fake_slack
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("slash_commands", slash_command("/translate", "German", fake_slack.response_url()))
         await eventually(lambda: fake_slack.ephemeral, what="the usage note")
-        await fake_slack.send("slash_commands", slash_command("/translate", "German Good morning & hi",
-                                                              fake_slack.response_url()))
+        await fake_slack.send(
+            "slash_commands", slash_command("/translate", "German Good morning & hi", fake_slack.response_url())
+        )
         await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the translation")
     assert fake_slack.ephemeral[0]["text"].startswith("Usage: translate")
     assert "Translate the following text into German." in TOKENIZER.decode(generator.prompts[0])
@@ -116,8 +125,13 @@ async def test_message_shortcuts_answer_in_the_thread_of_the_message(fake_slack,
     root = {"user": "U2", "text": "Guten Morgen", "ts": "1700000050.000001"}
     fake_slack.history["C1"] = [
         {"type": "message", **root, "thread_ts": root["ts"]},
-        {"type": "message", "user": "U1", "text": "what does that mean?", "ts": "1700000051.000001",
-         "thread_ts": root["ts"]},
+        {
+            "type": "message",
+            "user": "U1",
+            "text": "what does that mean?",
+            "ts": "1700000051.000001",
+            "thread_ts": root["ts"],
+        },
         {"type": "message", "user": "U9", "text": "elsewhere", "ts": "1700000052.000001"},
     ]
     async with running(manager, socket_config(fake_slack)):
@@ -154,8 +168,9 @@ async def test_a_user_token_revocation_leaves_the_workspace_alone(fake_slack, ma
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(mention("hello", TS)))
         await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer")
-        envelope = await fake_slack.send("events_api", event_callback(
-            {"type": "tokens_revoked", "tokens": {"oauth": ["U1"], "bot": []}}))
+        envelope = await fake_slack.send(
+            "events_api", event_callback({"type": "tokens_revoked", "tokens": {"oauth": ["U1"], "bot": []}})
+        )
         await eventually(lambda: envelope in fake_slack.acks, what="the ack")
     assert len(await store.recent_history(ConversationKey("slack", "T1", "C1", TS))) == 2
 
@@ -168,12 +183,12 @@ async def test_deleting_a_message_on_slack_deletes_our_copy(fake_slack, manager,
         await fake_slack.send("events_api", event_callback(direct_message("dm oops", "1700000101.000001")))
         await eventually_async(lambda: stored_counts(store, [thread, dm]), [2, 2], what="both answers stored")
         await fake_slack.send("events_api", event_callback(message_deleted("C1", TS)))
-        await fake_slack.send("events_api", event_callback(
-            message_deleted("D1", "1700000101.000001", channel_type="im")))
+        await fake_slack.send(
+            "events_api", event_callback(message_deleted("D1", "1700000101.000001", channel_type="im"))
+        )
         await eventually_async(lambda: stored_counts(store, [thread, dm]), [1, 1], what="the deletions")
     assert [m.text for m in await store.recent_history(thread)] == [ANSWER]
     assert [m.text for m in await store.recent_history(dm)] == [ANSWER]
-
 
 
 async def test_summarize_without_a_count_reads_the_services_default_however_large(fake_slack, manager) -> None:

@@ -58,7 +58,8 @@ def test_redaction_also_scrubs_tracebacks() -> None:
 
 
 def test_response_urls_are_redacted_on_every_slack_sdk_logger_once_an_adapter_exists(manager) -> None:
-    from bot.adapters.slack.adapter import SlackAdapter, SlackConfig
+    from bot.adapters.slack.adapter import SlackAdapter
+    from bot.adapters.slack.config import SlackConfig
 
     SlackAdapter(manager, SlackConfig(bot_token="xoxb-test", signing_secret="shh"))
     webhook_log = logging.getLogger("slack_sdk.webhook.async_client")  # what Bolt's `respond` sends through

@@ -19,6 +19,8 @@ def test_a_leading_slash_names_a_command_only_when_the_core_knows_it(typed: str,
 def test_a_summary_count_is_a_whole_number_within_the_limit_adapters_fetch() -> None:
     assert [summarize_count(t) for t in ("1", " 20 ", str(SUMMARIZE_MAX))] == [1, 20, SUMMARIZE_MAX]
     assert [summarize_count(t) for t in ("", "0", "-3", "2.5", "lots", str(SUMMARIZE_MAX + 1), "100000")] == [None] * 7
+    # Digits that are not ASCII ("²", "①", Arabic-Indic), and more digits than int() takes: refused, not a crash.
+    assert [summarize_count(t) for t in ("²", "①", "\u0665", "9" * 5000, "0" * 10 + "5")] == [None] * 5
 
 
 @pytest.mark.parametrize(
