@@ -42,11 +42,11 @@ import torch
 
 from bot.inference.generator import Completion, GenerationHandle, GeneratorStats, ModelInfo
 from bot.inference.local import LocalGenerator
-from llm.checkpoints import LoadedCheckpoint
+from llm.checkpoints.common import LoadedCheckpoint
 from llm.config import GPTConfig
-from llm.generate import SamplingParams
+from llm.decoding.quantize import MODES
+from llm.decoding.sampling import SamplingParams
 from llm.model import GPTModel
-from llm.quantize import MODES
 from llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,12 @@ import torch
 
 from llm.assets import INSTRUCTION_DATA
 from llm.config import GPTConfig
-from llm.data import InstructionDataset, load_records, split_records
-from llm.finetune import FinetuneConfig, autocast_dtype, build_model
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
-from llm.training import train_exact, train_fast
+from llm.training.data import InstructionDataset, load_records, split_records
+from llm.training.finetune import autocast_dtype, build_model
+from llm.training.loops import train_exact, train_fast
+from llm.training.recipe import FinetuneConfig
 
 EPOCHS = 2  # the book's
 

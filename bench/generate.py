@@ -50,12 +50,14 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from llm.checkpoints.hf import book_to_hf, hf_config_json
 from llm.config import GPTConfig
-from llm.generate import EOT_ID, SamplingParams, generate_tokens
-from llm.hf_layout import book_to_hf, hf_config_json
+from llm.decoding.engine import Engine
+from llm.decoding.quantize import quantize_model
+from llm.decoding.runs import generate_all
+from llm.decoding.sampling import EOT_ID, SamplingParams
 from llm.model import GPTModel
 from llm.prompts import render_example, render_prompt
-from llm.quantize import quantize_model
 from llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,10 @@ def build_hf(model: GPTModel) -> transformers.GPT2LMHeadModel:
 
 
 def ours(name: str, model: GPTModel) -> Peer:
+    engine = Engine(model, Tokenizer(), max_batch=1)  # the service's decode loop, one request at a time
+
     def generate(prompt: list[int], n: int) -> list[int]:
-        return list(generate_tokens(model, prompt, SamplingParams(max_new_tokens=n)))
+        return generate_all(engine, [prompt], SamplingParams(max_new_tokens=n))[0].token_ids
 
     return Peer(name, generate, lambda ids: model(ids))
 

@@ -7,8 +7,9 @@ random weights (GPT-2's initialisation, seed 0):
 
 - Hugging Face fp32 and bf16 (`GPT2LMHeadModel.generate`, its default attention);
 - ours fp32 and bf16, eager (one launch per kernel);
-- ours fp32 and bf16 with each decode step replayed as one CUDA graph (`llm.cuda_graph`), captured once per model
-  before the rounds, as a server would at start-up; the capture time is printed.
+- ours fp32 and bf16 with each decode step replayed as one CUDA graph (`bench/cuda_graph.py`, the benchmark's own
+  decode loop: the service does not use graphs), captured once per model before the rounds; the capture time is
+  printed.
 
 After one warm-up each, --repeats rounds interleave the peers (rotating order); the table gives the median tokens/s
 (prefill included) and its ratio to Hugging Face fp32, then greedy agreement with our fp32 and whether the graph
@@ -34,11 +35,13 @@ if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).reso
 import torch
 import transformers
 
+from bench.cuda_graph import GraphedDecodeStep, capture, graphed_greedy
 from bench.generate import agreement, benchmark_prompt, build_hf
 from llm.assets import INSTRUCTION_DATA
 from llm.config import GPTConfig
-from llm.cuda_graph import GraphedDecodeStep
-from llm.generate import SamplingParams, generate_tokens
+from llm.decoding.engine import Engine
+from llm.decoding.runs import generate_all
+from llm.decoding.sampling import SamplingParams
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
 
@@ -48,18 +51,19 @@ Generate = Callable[[list[int], int], list[int]]
 
 
 def ours(model: GPTModel, graph: GraphedDecodeStep | None = None) -> Generate:
+    if graph is not None:
+        return lambda prompt, n: graphed_greedy(model, graph, prompt, n)
+    engine = Engine(model, Tokenizer(), max_batch=1)  # the service's decode loop
+
     def generate(prompt: list[int], n: int) -> list[int]:
-        return list(generate_tokens(model, prompt, SamplingParams(max_new_tokens=n), graph=graph))
+        return generate_all(engine, [prompt], SamplingParams(max_new_tokens=n))[0].token_ids
 
     return generate
 
 
 def captured(model: GPTModel, captures: list[float]) -> GraphedDecodeStep:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    graph = GraphedDecodeStep(model)
-    torch.cuda.synchronize()
-    captures.append(time.perf_counter() - start)
+    graph, seconds = capture(model)
+    captures.append(seconds)
     return graph
 
 

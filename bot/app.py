@@ -26,7 +26,7 @@ from bot.inference.generator import ReloadFailed
 from bot.inference.local import LocalGenerator
 from bot.jobs import STOP_GRACE_S, CheckpointWatcher, build_jobs
 from bot.settings import Settings
-from llm.checkpoints import load_checkpoint
+from llm.checkpoints.load import load_checkpoint
 from llm.prompts import Encoder, answer_length_problem
 from llm.tokenizer import Tokenizer
 from storage.store import open_store

@@ -18,7 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.core.checkpoint_names import list_checkpoints
 from bot.draining import drain
-from llm.checkpoints import book_config_path
+from llm.checkpoints.book import book_config_path
 from storage.records import RetentionResult
 from storage.store import Store
 

@@ -209,42 +209,45 @@ class GPTModel(nn.Module):
         input_pos: torch.Tensor | None = None,
         slots: torch.Tensor | None = None,
         last_only: bool = False,
-        static: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids ``idx`` (B, T); (B, 1, vocab) with ``last_only``.
 
         Without a cache this is the book's forward: positions 0..T-1, causal attention. With a cache, ``input_pos``
         (B, T) gives each new token's position (each row counts from 0 for its own sequence) and ``slots`` (B,)
-        which cache rows the batch occupies (default: rows 0..B-1). ``static`` attends over the whole cache through
-        a mask instead of reading the positions back to the host: every shape is fixed and nothing synchronises,
-        so the step can be captured in a CUDA graph (positions are then not range-checked).
+        which cache rows the batch occupies (default: rows 0..B-1).
         """
         b, t = idx.shape
         if cache is None:
-            if t > self.config.context_length:
-                raise ValueError(f"sequence of {t} tokens exceeds the context length {self.config.context_length}")
-            pos = torch.arange(t, device=idx.device)
-            x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, emb_dim)
-            for block in self.trf_blocks:
-                x = block(x)
+            x = self.hidden_states(idx)
         else:
             if input_pos is None:
                 raise ValueError("input_pos is required when a KV cache is given")
-            view, mask = self._prepare_cache(cache, input_pos, slots, b, t, static)
+            view, mask = self._prepare_cache(cache, input_pos, slots, b, t)
             x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(input_pos))  # (B, T, emb_dim)
             for block in self.trf_blocks:
                 x = block(x, view, mask)
+            x = self.final_norm(x)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, emb_dim): the head, the largest matrix, runs on one position only
-        return self.out_head(self.final_norm(x))
+        return self.out_head(x)
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The book's forward without a cache, stopped before ``out_head``: (B, T, emb_dim) after the final norm.
+        Training runs the head on the positions whose loss counts only."""
+        t = idx.shape[1]
+        if t > self.config.context_length:
+            raise ValueError(f"sequence of {t} tokens exceeds the context length {self.config.context_length}")
+        pos = torch.arange(t, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, emb_dim)
+        for block in self.trf_blocks:
+            x = block(x)
+        return self.final_norm(x)
 
     def _prepare_cache(
-        self, cache: KVCache, input_pos: torch.Tensor, slots: torch.Tensor | None, b: int, t: int, static: bool
+        self, cache: KVCache, input_pos: torch.Tensor, slots: torch.Tensor | None, b: int, t: int
     ) -> tuple[_CacheView, torch.Tensor | None]:
         if input_pos.shape != (b, t):
             raise ValueError(f"input_pos must have shape {(b, t)}, got {tuple(input_pos.shape)}")
-        if static:
-            return _CacheView(cache, slots, input_pos, cache.max_len), _causal_mask(input_pos, cache.max_len)
         # One host read per forward pass (not per layer): how far into the cache any row of this step can see.
         kv_len = int(input_pos.max()) + 1
         if kv_len > cache.max_len:
@@ -263,6 +266,6 @@ class GPTModel(nn.Module):
 
 def _causal_mask(input_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
     """(B, 1, T, kv_len), broadcast over heads: a query at position p sees the keys at positions <= p. Built on the
-    device from ``input_pos`` alone, so it needs no host read (a CUDA graph can capture it)."""
+    device from ``input_pos`` alone, with no host read."""
     key_pos = torch.arange(kv_len, device=input_pos.device)
     return (key_pos[None, None, :] <= input_pos[:, :, None])[:, None, :, :]

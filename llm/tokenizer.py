@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -132,15 +132,3 @@ def _complete_utf8_prefix(data: bytes) -> int:
         return n
     needed = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
     return n if n - i >= needed else i
-
-
-def iter_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Text deltas for a stream of token ids; joined, they equal ``tokenizer.decode(ids)``."""
-    decoder = StreamDecoder(tokenizer)
-    for token_id in ids:
-        delta = decoder.push(token_id)
-        if delta:
-            yield delta
-    tail = decoder.flush()
-    if tail:
-        yield tail

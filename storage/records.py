@@ -22,7 +22,6 @@ __all__ = [
     "AuditRecord",
     "CheckpointLoadRecord",
     "ConversationKey",
-    "ConversationRecord",
     "Generation",
     "RetentionResult",
     "Role",
@@ -118,13 +117,6 @@ class ConversationKey:
         check_id("tenant", self.tenant)
         check_id("channel", self.channel)
         check_id("thread", self.thread, allow_empty=True)
-
-
-@dataclass(frozen=True)
-class ConversationRecord:
-    id: int
-    key: ConversationKey
-    created_at: datetime
 
 
 @dataclass(frozen=True)

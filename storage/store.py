@@ -8,14 +8,13 @@ integrity errors: a failed statement would abort the whole PostgreSQL transactio
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, Table, bindparam, delete, exists, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, delete, exists, or_, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -44,7 +43,6 @@ from storage.records import (
     AuditRecord,
     CheckpointLoadRecord,
     ConversationKey,
-    ConversationRecord,
     Generation,
     RetentionResult,
     StoredMessage,
@@ -57,41 +55,20 @@ from storage.records import (
     dm_tenant,
     message_record,
 )
+from storage.statements import (
+    CONVERSATIONS,
+    FIND_CONVERSATION,
+    FIND_MESSAGE,
+    FIND_STORED,
+    HISTORY_NEWEST_FIRST,
+    INSERTS,
+    MESSAGES,
+    delete_conversation_rows,
+    delete_rows,
+    for_audit,
+)
 
 log = logging.getLogger(__name__)
-
-_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-AUDIT_TEXT_CHARS = 200  # the audit log keeps at most this much of any text it records (an argument, an error)
-
-# The hot-path statements (every message runs them) are built once, with bind parameters: building a statement and
-# its cache key on each call cost as much CPU as executing it. They use the Core tables, so that an insert is one
-# plain INSERT rather than the ORM's bulk-insert machinery.
-_CONVERSATIONS = cast(Table, Conversation.__table__)
-_MESSAGES = cast(Table, Message.__table__)
-_IS_CONVERSATION = (
-    Conversation.platform == bindparam("platform"),
-    Conversation.tenant == bindparam("tenant"),
-    Conversation.channel == bindparam("channel"),
-    Conversation.thread == bindparam("thread"),
-)
-_FIND_CONVERSATION = select(Conversation.id, Conversation.created_at).where(*_IS_CONVERSATION)
-_FIND_MESSAGE = select(_MESSAGES).where(
-    _MESSAGES.c.conversation_id == bindparam("conversation_id"),
-    _MESSAGES.c.platform_message_id == bindparam("platform_message_id"),
-)
-_FIND_STORED = (
-    select(_MESSAGES.c.id)
-    .join(Conversation, _MESSAGES.c.conversation_id == Conversation.id)
-    .where(*_IS_CONVERSATION, _MESSAGES.c.platform_message_id == bindparam("platform_message_id"))
-    .limit(1)
-)
-_HISTORY_NEWEST_FIRST = (
-    select(_MESSAGES)
-    .join(Conversation, _MESSAGES.c.conversation_id == Conversation.id)
-    .where(*_IS_CONVERSATION)
-    .order_by(_MESSAGES.c.id.desc())
-    .limit(bindparam("limit"))
-)
 
 
 @asynccontextmanager
@@ -112,19 +89,14 @@ async def open_store(
 class Store:
     def __init__(self, engine: AsyncEngine, maintenance: AsyncEngine | None = None) -> None:
         """``maintenance``: the same database under longer timeouts, for retention and purges (default: ``engine``)."""
-        self._insert = _INSERTS[engine.dialect.name]
-        self._create_conversation = self._insert(_CONVERSATIONS).on_conflict_do_nothing()
-        self._add_message = self._insert(_MESSAGES).on_conflict_do_nothing().returning(*_MESSAGES.c)
+        self._insert = INSERTS[engine.dialect.name]
+        self._create_conversation = self._insert(CONVERSATIONS).on_conflict_do_nothing()
+        self._add_message = self._insert(MESSAGES).on_conflict_do_nothing().returning(*MESSAGES.c)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(single_statement_reads(engine), expire_on_commit=False)
         self._maintenance_sessions = async_sessionmaker(maintenance or engine, expire_on_commit=False)
 
     # -- conversations and messages ------------------------------------------------------------------------------
-
-    async def get_or_create_conversation(self, key: ConversationKey) -> ConversationRecord:
-        async with self._write() as session:
-            conversation_id, created_at = await self._conversation(session, key)
-        return ConversationRecord(id=conversation_id, key=key, created_at=created_at)
 
     async def add_message(
         self,
@@ -160,14 +132,14 @@ class Store:
             inserted = (await session.execute(self._add_message, row)).one_or_none()
             if inserted is not None:
                 return AddedMessage(message=message_record(inserted), duplicate=False)
-            first = (await session.execute(_FIND_MESSAGE, row)).one()  # ON CONFLICT means it exists
+            first = (await session.execute(FIND_MESSAGE, row)).one()  # ON CONFLICT means it exists
         log.debug("duplicate message %s in conversation %d ignored", platform_message_id, first.conversation_id)
         return AddedMessage(message=message_record(first), duplicate=True)
 
     async def is_stored(self, key: ConversationKey, platform_message_id: str) -> bool:
         """Whether the platform's message is stored in the conversation already (a redelivery)."""
         async with self._read() as session:
-            found = await session.execute(_FIND_STORED, {**asdict(key), "platform_message_id": platform_message_id})
+            found = await session.execute(FIND_STORED, {**asdict(key), "platform_message_id": platform_message_id})
             return found.first() is not None
 
     async def recent_history(self, key: ConversationKey, limit: int = 20) -> list[StoredMessage]:
@@ -175,7 +147,7 @@ class Store:
         if limit < 1:
             raise ValueError(f"history limit must be at least 1, got {limit}")
         async with self._read() as session:
-            rows = (await session.execute(_HISTORY_NEWEST_FIRST, {**asdict(key), "limit": limit})).all()
+            rows = (await session.execute(HISTORY_NEWEST_FIRST, {**asdict(key), "limit": limit})).all()
         return [message_record(row) for row in reversed(rows)]
 
     async def delete_message(self, *, platform: str, tenant: str, channel: str, platform_message_id: str) -> int:
@@ -184,7 +156,7 @@ class Store:
             Conversation.platform == platform, Conversation.tenant == tenant, Conversation.channel == channel
         )
         async with self._write() as session:
-            return await _delete(
+            return await delete_rows(
                 session,
                 delete(Message).where(
                     Message.conversation_id.in_(in_channel), Message.platform_message_id == platform_message_id
@@ -206,12 +178,12 @@ class Store:
         on_platform = select(Conversation.id).where(Conversation.platform == platform)
         dms = select(Conversation.id).where(Conversation.platform == platform, is_dm(Conversation))
         async with self._write() as session:
-            deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(dms)))
-            deleted += await _delete(
+            deleted = await delete_rows(session, delete(Message).where(Message.conversation_id.in_(dms)))
+            deleted += await delete_rows(
                 session,
                 delete(Message).where(Message.author_id == user_id, Message.conversation_id.in_(on_platform)),
             )
-            await _delete_conversation_rows(session, platform, is_dm)
+            await delete_conversation_rows(session, platform, is_dm)
         # The user's id stays out of the log on purpose: the log is data too.
         log.info("forgot a %s user: %d messages deleted", platform, deleted)
         return deleted
@@ -222,8 +194,8 @@ class Store:
         check_id("tenant", tenant)
         in_tenant = select(Conversation.id).where(Conversation.platform == platform, Conversation.tenant == tenant)
         async with self._maintain() as session:
-            deleted = await _delete(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
-            await _delete_conversation_rows(session, platform, lambda row: row.tenant == tenant)
+            deleted = await delete_rows(session, delete(Message).where(Message.conversation_id.in_(in_tenant)))
+            await delete_conversation_rows(session, platform, lambda row: row.tenant == tenant)
         log.info("purged tenant %s on %s: %d messages deleted", tenant, platform, deleted)
         return deleted
 
@@ -234,11 +206,11 @@ class Store:
         has_messages = exists().where(Message.conversation_id == Conversation.id)
         async with self._maintain() as session:
             result = RetentionResult(
-                messages=await _delete(session, delete(Message).where(Message.created_at < cutoff)),
-                conversations=await _delete(
+                messages=await delete_rows(session, delete(Message).where(Message.created_at < cutoff)),
+                conversations=await delete_rows(
                     session, delete(Conversation).where(Conversation.created_at < cutoff, ~has_messages)
                 ),
-                events=await _delete(session, delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff)),
+                events=await delete_rows(session, delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff)),
             )
         log.info("retention before %s deleted %s", cutoff.isoformat(), result)
         return result
@@ -296,12 +268,12 @@ class Store:
         self, *, name: str, sha256: str | None, requested_by: str, succeeded: bool, detail: str = ""
     ) -> CheckpointLoadRecord:
         row = CheckpointLoad(
-            name=_for_audit(name),
+            name=for_audit(name),
             sha256=check_sha256(sha256) if sha256 is not None else None,
             requested_by=check_id("requested_by", requested_by),
             created_at=utc_now(),
             succeeded=succeeded,
-            detail=_for_audit(detail),
+            detail=for_audit(detail),
         )
         async with self._write() as session:
             session.add(row)
@@ -332,8 +304,8 @@ class Store:
             tenant=check_id("tenant", tenant),
             actor_id=check_id("actor_id", actor_id),
             action=action,
-            target=_for_audit(target),
-            detail={k: _for_audit(v) if isinstance(v, str) else v for k, v in (detail or {}).items()},
+            target=for_audit(target),
+            detail={k: for_audit(v) if isinstance(v, str) else v for k, v in (detail or {}).items()},
         )
         async with self._write() as session:
             session.add(row)
@@ -389,34 +361,8 @@ class Store:
         and the second select finds its row (SQLite serialises writers anyway; PostgreSQL's ON CONFLICT waits for
         the other transaction to finish)."""
         params = asdict(key)
-        row = (await session.execute(_FIND_CONVERSATION, params)).one_or_none()
+        row = (await session.execute(FIND_CONVERSATION, params)).one_or_none()
         if row is None:
             await session.execute(self._create_conversation, {**params, "created_at": utc_now()})
-            row = (await session.execute(_FIND_CONVERSATION, params)).one()
+            row = (await session.execute(FIND_CONVERSATION, params)).one()
         return row.id, row.created_at
-
-
-def _for_audit(text: str) -> str:
-    """At most AUDIT_TEXT_CHARS characters, with a visible mark where it was cut (the audit log outlives `forget`
-    and retention, so it keeps no more of what anyone typed than it needs), and storable: the record of a refused
-    command must not fail on the character that got it refused."""
-    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    return text if len(text) <= AUDIT_TEXT_CHARS else text[: AUDIT_TEXT_CHARS - 1] + "…"
-
-
-async def _delete(session: AsyncSession, statement: Delete) -> int:
-    # The session holds no objects we would need to keep in sync, so skip the ORM's bookkeeping.
-    result = await session.execute(statement.execution_options(synchronize_session=False))
-    return result.rowcount  # type: ignore[attr-defined]
-
-
-async def _delete_conversation_rows(
-    session: AsyncSession,
-    platform: str,
-    where: Callable[[type[Conversation] | type[ChannelSetting]], ColumnElement[bool]],
-) -> None:
-    """Delete the conversations and channel settings on `platform` that ``where(table)`` selects (both tables have
-    tenant and channel columns). The callers delete (and count) the messages first; ON DELETE CASCADE is only the
-    safety net."""
-    for table in (Conversation, ChannelSetting):
-        await session.execute(delete(table).where(table.platform == platform, where(table)))

@@ -37,7 +37,7 @@ def add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from llm.checkpoints import convert_checkpoint
+    from llm.checkpoints.save import convert_checkpoint
 
     refuse_overwrite(args.dst, args.format, args.force)
     convert_checkpoint(args.src, args.dst, args.format, n_heads=args.n_heads)
@@ -46,7 +46,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from llm.checkpoints import inspect_checkpoint
+    from llm.checkpoints.load import inspect_checkpoint
 
     info = inspect_checkpoint(args.path, n_heads=args.n_heads)
     if args.json:
@@ -58,7 +58,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from llm.checkpoints import save_checkpoint
+    from llm.checkpoints.save import save_checkpoint
     from llm.config import GPTConfig
     from llm.model import GPTModel
 

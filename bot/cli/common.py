@@ -103,8 +103,8 @@ def answer_length(settings: Settings, args: argparse.Namespace, context_length: 
 def load_model(settings: Settings, n_heads: int | None) -> GPTModel:
     """The checkpoint the settings name (or `run` would serve), on their device, in their precision."""
     from bot.core.checkpoint_names import find_checkpoint
-    from llm.checkpoints import load_checkpoint
-    from llm.quantize import quantize_model
+    from llm.checkpoints.load import load_checkpoint
+    from llm.decoding.quantize import quantize_model
 
     path = find_checkpoint(settings.checkpoint, settings.checkpoints_dir)
     loaded = load_checkpoint(path, device=settings.device, n_heads=n_heads)
@@ -113,7 +113,7 @@ def load_model(settings: Settings, n_heads: int | None) -> GPTModel:
 
 def refuse_overwrite(dst: Path, fmt: str, force: bool) -> None:
     """A checkpoint is hours of training: never replace one unless told to."""
-    from llm.checkpoints import written_paths
+    from llm.checkpoints.save import written_paths
 
     existing = [path for path in written_paths(dst, fmt) if path.exists()]
     if existing and not force:

@@ -69,9 +69,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     --exact the book's own loop. Writes OUT (safetensors), OUT-loss.png and OUT-history.json."""
     from bot.settings import load_settings
     from llm.assets import INSTRUCTION_DATA
-    from llm.checkpoints import book_config_path
-    from llm.data import DataError
-    from llm.finetune import FinetuneConfig, FinetuneError, finetune
+    from llm.checkpoints.book import book_config_path
+    from llm.training.data import DataError
+    from llm.training.finetune import finetune
+    from llm.training.recipe import FinetuneConfig, FinetuneError
 
     # Refused before training, not after hours of it.
     refuse_overwrite(args.out, "safetensors", args.force)

@@ -42,7 +42,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Generate an answer. Without --raw, PROMPT is the instruction of a chapter-7 Alpaca prompt and only the
     response is printed. Text streams to the terminal as it is generated. Unset options come from the settings
     (SCRATCHBOT_*, as `scratchbot run` reads them)."""
-    from llm.generate import SamplingParams, stream_text
+    from llm.decoding.engine import Engine
+    from llm.decoding.runs import TextStream
+    from llm.decoding.sampling import SamplingParams, fit_prompt
     from llm.prompts import RESPONSE_STOPS, clean_response, render_prompt
     from llm.tokenizer import Tokenizer
 
@@ -63,7 +65,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     tokenizer = Tokenizer()
     text = prompt if args.raw else render_prompt(prompt, args.input)
-    stream = stream_text(model, tokenizer, tokenizer.encode(text), params)
+    ids, _ = fit_prompt(tokenizer.encode(text), model.config.context_length, params)
+    budget = min(params.max_new_tokens, model.config.context_length - len(ids))
+    # One row, as long as this prompt and its answer: the cache of a whole context would be memory for nothing.
+    engine = Engine(model, tokenizer, max_batch=1, max_len=len(ids) + budget)
+    stream = TextStream(engine, tokenizer.encode(text), params)
     if args.json:
         for _ in stream:
             pass

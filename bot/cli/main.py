@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from bot.cli.audit import add_audit
 from bot.cli.checkpoints import add_checkpoint_commands
 from bot.cli.common import UserError
 from bot.cli.db import add_db_commands
@@ -27,6 +28,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_generate,
     add_checkpoint_commands,
     add_db_commands,
+    add_audit,
     add_run,
     add_download,
     add_evaluate,
@@ -38,9 +40,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     # Imported lazily so `scratchbot --help` stays fast (torch takes seconds to import).
     from bot.core.checkpoint_names import NoCheckpointError
     from bot.settings import SettingsError
-    from llm.checkpoints import CheckpointError
+    from llm.checkpoints.common import CheckpointError
     from llm.config import ConfigError
-    from llm.generate import PromptTooLongError
+    from llm.decoding.sampling import PromptTooLongError
     from llm.tokenizer import TokenizerAssetError
 
     return (

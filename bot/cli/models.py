@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from bot.cli.common import UserError, add_n_heads_option, add_runtime_options, answer_length, load_model, settings_for
 
 if TYPE_CHECKING:
-    from llm.evaluate import JudgeReport
+    from llm.training.evaluate import JudgeReport
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ EVAL_SPLITS = ("test", "validation", "train", "all")  # llm.evaluate.SPLITS, wit
 
 
 def add_download(sub: argparse._SubParsersAction) -> None:
-    from llm.download import BOOK_MIRROR_URL, MODEL_SIZES, OPENAI_BASE_URL
+    from llm.checkpoints.download import BOOK_MIRROR_URL, MODEL_SIZES, OPENAI_BASE_URL
 
     p = sub.add_parser(
         "download",
@@ -53,8 +53,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     """Download GPT-2 from OpenAI's public URLs (with the book's backup mirror), resuming a partial download and
     checking sizes and hashes, then convert it to this project's safetensors format. The original TensorFlow files
     stay in DIR/<size>/ (the layout of the book's gpt_download.py) unless --delete-original is given."""
-    from llm.download import DEFAULT_BASE_URLS, DownloadError, download_gpt2
-    from llm.tf_bundle import TFCheckpointError
+    from llm.checkpoints.download import DEFAULT_BASE_URLS, DownloadError, download_gpt2
+    from llm.checkpoints.tf_bundle import TFCheckpointError
 
     try:
         path = download_gpt2(
@@ -107,8 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     OpenAI-compatible endpoint scores each answer from 0 to 100 with the book's prompt (temperature 0, seed 123),
     and the average is printed."""
     from llm.assets import INSTRUCTION_DATA
-    from llm.data import DataError, load_records
-    from llm.evaluate import (
+    from llm.training.data import DataError, load_records
+    from llm.training.evaluate import (
         EvaluationError,
         Judge,
         generate_responses,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from bot.core.channel_settings import ChannelConfig, ChannelSettings
 from bot.core.messages import Incoming, Reply
 from bot.inference.generator import Generator
-from llm.generate import SamplingParams
+from llm.decoding.sampling import SamplingParams
 from llm.prompts import (
     RESPONSE_STOPS,
     Encoder,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from llm.generate import SamplingParams
+    from llm.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,15 @@ from bot.inference.generator import (
     ReloadFailed,
 )
 from bot.inference.worker import InferenceWorker, Request, Served
-from llm.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
-from llm.engine import Engine
-from llm.generate import SamplingParams, fit_prompt, generate_tokens
+from llm.checkpoints.common import CheckpointError, LoadedCheckpoint
+from llm.checkpoints.load import load_checkpoint
+from llm.decoding.cpu_layout import prepare_for_batches
+from llm.decoding.engine import Engine
+from llm.decoding.quantize import MODES, Mode, quantize_model
+from llm.decoding.runs import generate_all
+from llm.decoding.sampling import SamplingParams, fit_prompt
 from llm.model import GPTModel
 from llm.prompts import answer_length_problem
-from llm.quantize import MODES, Mode, quantize_model
 from llm.tokenizer import Tokenizer
 
 __all__ = [
@@ -89,7 +92,6 @@ class LocalGenerator:
         self._first_info = self._describe(checkpoint, name)
         self._worker: InferenceWorker | None = None
         self._closing = False
-        self._reload_lock = asyncio.Lock()
 
     # -------------------------------------------------------------------------------------------- Generator
 
@@ -151,19 +153,17 @@ class LocalGenerator:
         """Load, check and swap in the checkpoint at ``path``; on any failure raise `ReloadFailed`, keep serving."""
         if self._closing or self._worker is None:
             raise ReloadFailed("the generator is not running (shutting down or not started); nothing was changed")
-        if self._reload_lock.locked():
-            raise ReloadFailed("another reload is in progress; try again when it has finished")
-        async with self._reload_lock:
-            try:
-                served = await asyncio.to_thread(self._load_and_check, Path(path), name)
-            except ReloadFailed:
-                raise
-            except CheckpointError as e:
-                raise ReloadFailed(f"cannot load {name}: {e}") from e
-            except Exception as e:
-                log.exception("checkpoint %s failed its checks", path)
-                raise ReloadFailed(f"checkpoint {name} failed its checks ({type(e).__name__}: {e})") from e
-            return await self._worker.swap(served)
+        # One reload at a time is the caller's rule (bot.core.admin queues them); this loads and swaps.
+        try:
+            served = await asyncio.to_thread(self._load_and_check, Path(path), name)
+        except ReloadFailed:
+            raise
+        except CheckpointError as e:
+            raise ReloadFailed(f"cannot load {name}: {e}") from e
+        except Exception as e:
+            log.exception("checkpoint %s failed its checks", path)
+            raise ReloadFailed(f"checkpoint {name} failed its checks ({type(e).__name__}: {e})") from e
+        return await self._worker.swap(served)
 
     def _check_open(self) -> InferenceWorker:
         if self._closing:
@@ -187,6 +187,8 @@ class LocalGenerator:
 
     def _prepare(self, model: GPTModel, info: ModelInfo) -> Served:
         model = quantize_model(model, self._precision)
+        # Weight layouts for a batched decode step on a CPU (same values): an fp32 model is ours from here on.
+        prepare_for_batches(model, self._max_batch)
         return Served(Engine(model, self._tokenizer, self._max_batch), info)
 
     def _load_and_check(self, path: Path, name: str) -> Served:
@@ -206,5 +208,5 @@ class LocalGenerator:
             logits = served.engine.model(torch.tensor([ids], device=self._device))  # (1, T, vocab)
         if not bool(torch.isfinite(logits).all()):
             raise ReloadFailed(f"{name} produces NaN or infinite outputs; its weights are damaged")
-        list(generate_tokens(served.engine.model, ids, SamplingParams(max_new_tokens=SMOKE_TOKENS)))
+        generate_all(served.engine, [ids], SamplingParams(max_new_tokens=SMOKE_TOKENS))  # the worker has not got it
         return served

@@ -26,8 +26,8 @@ from bot.inference.generator import (
     ModelInfo,
     ReloadFailed,
 )
-from llm.engine import Engine, Event
-from llm.generate import SamplingParams
+from llm.decoding.engine import Engine, Event
+from llm.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

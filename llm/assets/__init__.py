@@ -16,13 +16,3 @@ INSTRUCTION_DATA = ASSETS / "instruction-data.json"
 # A small model trained from scratch on INSTRUCTION_DATA by `scratchbot finetune` (see demo-model.md). It is weak:
 # it lets the bot start on a fresh machine without downloading anything, nothing more.
 DEMO_CHECKPOINT = ASSETS / "demo-model.safetensors"
-
-
-def demo_checkpoint() -> Path:
-    """The bundled demo checkpoint's path, or FileNotFoundError saying how to get a model if it is missing."""
-    if not DEMO_CHECKPOINT.is_file():
-        raise FileNotFoundError(
-            f"the bundled demo checkpoint {DEMO_CHECKPOINT} is missing; reinstall scratchbot, or give a checkpoint "
-            "(scratchbot download gpt2-medium, then scratchbot finetune)"
-        )
-    return DEMO_CHECKPOINT

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.inference.generator import Completion, GenerationHandle, GeneratorBusy, GeneratorStats, ModelInfo, ReloadFailed
-from llm.generate import SamplingParams
+from llm.decoding.sampling import SamplingParams
 
 SHA = "ab" * 32
 
@@ -30,6 +30,9 @@ class FakeGenerator:
         self.busy = False
         self.fail_with: BaseException | None = None
         self.reload_error: str | None = None
+        self.reload_hold: asyncio.Event | None = None  # when set, a reload waits for it (a slow checkpoint)
+        self.reloads_running = 0
+        self.most_reloads_at_once = 0
         self._context_length = context_length
         self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self._info = ModelInfo("fake.safetensors", SHA, 1234, "cpu", "fp32", context_length, datetime.now(UTC))
@@ -86,6 +89,13 @@ class FakeGenerator:
         handle.finish(Completion(self.answer, (1, 2, 3), "eot", info.name, info.sha256, 0.01, 0.001))
 
     async def reload(self, path: Path, name: str) -> ModelInfo:
+        self.reloads_running += 1
+        self.most_reloads_at_once = max(self.most_reloads_at_once, self.reloads_running)
+        try:
+            if self.reload_hold is not None:
+                await self.reload_hold.wait()
+        finally:
+            self.reloads_running -= 1
         if self.reload_error:
             raise ReloadFailed(self.reload_error)
         self._info = ModelInfo(name, "cd" * 32, 999, "cpu", "fp32", self._context_length, datetime.now(UTC))

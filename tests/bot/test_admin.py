@@ -16,7 +16,8 @@ from bot.core.messages import Incoming
 from bot.core.ratelimit import RateLimiter
 from llm.prompts import max_new_tokens_limit
 from llm.tokenizer import Tokenizer
-from storage.store import AUDIT_TEXT_CHARS, Store
+from storage.statements import AUDIT_TEXT_CHARS
+from storage.store import Store
 from tests.bot.fakes import FakeGenerator, RecordingReply
 
 TOKENIZER = Tokenizer()
@@ -131,3 +132,22 @@ async def test_admin_arguments_and_audit_text_are_bounded(store: Store, checkpoi
     reloads = [a for a in await store.audit_entries() if a.action == "checkpoint.reload"]
     assert [a.detail.get("error") for a in reloads] == ["refused: not an admin", "name too long"]
     assert (await ask(manager, replace(USER, command="reload", text="x"))).sent == [NOT_ADMIN]
+
+
+async def test_reloads_wait_their_turn_and_each_is_answered(store: Store, checkpoints: Path) -> None:
+    import asyncio
+
+    generator = FakeGenerator()
+    generator.reload_hold = asyncio.Event()
+    manager = build(store, generator, checkpoints)
+    reload = replace(ADMIN, command="reload", text="next.safetensors")
+    first = asyncio.create_task(ask(manager, reload))
+    while not generator.reloads_running:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(ask(manager, replace(reload, author_id="admin")))
+    await asyncio.sleep(0.05)
+    generator.reload_hold.set()
+    replies = await asyncio.gather(first, second)
+    assert generator.most_reloads_at_once == 1  # one at a time, never refused
+    assert replies[1].sent[0] == "A reload is already running; this one starts when it is done."
+    assert all(r.sent[-1].startswith("Now serving next.safetensors") for r in replies)

@@ -14,7 +14,7 @@ from bot.cli.main import main
 from bot.core.checkpoint_names import NoCheckpointError, find_checkpoint
 from bot.settings import Settings
 from llm import assets
-from llm.checkpoints import save_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from bot.cli.main import main
-from llm.checkpoints import load_checkpoint, save_checkpoint
+from llm.checkpoints.load import load_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
-from llm.generate import SamplingParams, generate_tokens
+from llm.decoding.sampling import SamplingParams
 from llm.prompts import render_prompt
 from llm.tokenizer import Tokenizer
-from tests.llm.conftest import make_model
+from tests.llm.conftest import generate_ids, make_model
 
 CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
 
@@ -40,7 +41,7 @@ def test_generate_wraps_the_prompt_in_the_alpaca_template(checkpoint: Path, caps
     tokenizer = Tokenizer()
     prompt_ids = tokenizer.encode(render_prompt("Hi"))
     model = load_checkpoint(checkpoint).model
-    expected = list(generate_tokens(model, prompt_ids, SamplingParams(max_new_tokens=12)))
+    expected = generate_ids(model, prompt_ids, SamplingParams(max_new_tokens=12))
     assert out["prompt_tokens"] == len(prompt_ids)
     assert out["token_ids"][: len(expected)] == expected[: len(out["token_ids"])]
     assert out["new_tokens"] == len(out["token_ids"]) > 0
@@ -53,7 +54,7 @@ def test_generate_raw_sends_the_prompt_as_it_is(checkpoint: Path, capsys) -> Non
     model = load_checkpoint(checkpoint).model
     ids = Tokenizer().encode("Once upon a time")
     assert out["prompt_tokens"] == len(ids)
-    assert out["token_ids"] == list(generate_tokens(model, ids, SamplingParams(max_new_tokens=10)))
+    assert out["token_ids"] == generate_ids(model, ids, SamplingParams(max_new_tokens=10))
     assert out["text"] == Tokenizer().decode(out["token_ids"])
 
 
@@ -174,7 +175,7 @@ def test_generate_reads_its_defaults_from_the_settings(checkpoint: Path, capsys,
     out = run_json(capsys, "generate", "--json", "--raw", "Hello")
     model = load_checkpoint(checkpoint).model
     ids = Tokenizer().encode("Hello")
-    assert out["token_ids"] == list(generate_tokens(model, ids, SamplingParams(max_new_tokens=3)))
+    assert out["token_ids"] == generate_ids(model, ids, SamplingParams(max_new_tokens=3))
     assert run_json(capsys, "generate", "--json", "--raw", "--max-new-tokens", "5", "Hello")["new_tokens"] == 5
 
 

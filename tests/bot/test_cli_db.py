@@ -97,3 +97,44 @@ def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err.startswith("scratchbot: error: cannot use the data directory") and "SCRATCHBOT_DATA_DIR" in err
     assert err.count("\n") == 1
+
+
+async def _an_admin_reloads_and_is_refused(url: str, checkpoints: Path) -> None:
+    from bot.core.auth import AdminPolicy
+    from bot.core.channel_settings import ChannelConfig
+    from bot.core.conversation import ConversationManager, ManagerConfig
+    from bot.core.messages import Incoming
+    from bot.core.ratelimit import RateLimiter
+    from llm.tokenizer import Tokenizer
+    from storage.store import open_store
+    from tests.bot.fakes import FakeGenerator, RecordingReply
+
+    async with open_store(url) as store:
+        manager = ConversationManager(
+            store, FakeGenerator(), Tokenizer(), AdminPolicy({"discord": ["admin"]}), RateLimiter(10), checkpoints,
+            ManagerConfig(defaults=ChannelConfig(100, 0.0, None, None, 10)),
+        )
+        for who in ("admin", "mallory"):
+            incoming = Incoming("discord", "g1", "c1", who, text="next.safetensors", command="reload")
+            await manager.handle(incoming, RecordingReply())
+
+
+def test_audit_shows_what_admins_did_and_what_was_loaded(tmp_path: Path, capsys) -> None:
+    import asyncio
+    import json
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "next.safetensors").write_bytes(b"weights")
+    url = sqlite_url(tmp_path / "bot.db")
+    asyncio.run(_an_admin_reloads_and_is_refused(url, checkpoints))
+
+    assert main(["audit", "--database-url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "mallory  checkpoint.reload next.safetensors  ok=False" in lines[0]
+    assert "admin  checkpoint.reload next.safetensors  ok=True" in lines[1]  # newest first
+    assert main(["audit", "--database-url", url, "--loads", "--json"]) == 0
+    [load] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (load["name"], load["succeeded"], load["requested_by"]) == ("next.safetensors", True, "discord:admin")
+    assert main(["audit", "--database-url", url, "--tenant", "elsewhere"]) == 0
+    assert capsys.readouterr().out == "nothing recorded yet\n"

@@ -9,7 +9,7 @@ import pytest
 
 from bot.cli.main import main
 from llm.assets import INSTRUCTION_DATA
-from llm.checkpoints import load_checkpoint
+from llm.checkpoints.load import load_checkpoint
 
 TINY = ["--init", "gpt2-small", "--emb-dim", "32", "--n-layers", "2", "--n-heads", "4", "--context-length", "128"]
 

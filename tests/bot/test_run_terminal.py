@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pexpect
 
-from llm.checkpoints import save_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
 

@@ -15,7 +15,7 @@ from bot import jobs
 from bot.app import StartupError, build_adapters, run_service, serve_platforms
 from bot.core.conversation import ConversationManager
 from bot.settings import Settings
-from llm.checkpoints import save_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
 

@@ -18,7 +18,9 @@ from bot.core.messages import Incoming
 from bot.core.ratelimit import RateLimiter
 from bot.core.user_commands import forgotten
 from bot.inference.local import LocalGenerator
-from llm.checkpoints import file_sha256, load_checkpoint, save_checkpoint
+from llm.checkpoints.common import file_sha256
+from llm.checkpoints.load import load_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, Role

@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.checkpoints import (
-    CONFIG_KEY,
-    SOURCE_FORMAT_KEY,
-    SOURCE_SHA256_KEY,
-    CheckpointError,
-    convert_checkpoint,
-    inspect_checkpoint,
-    load_checkpoint,
-    load_state_dict,
-    save_checkpoint,
-)
+from llm.checkpoints.common import CONFIG_KEY, SOURCE_FORMAT_KEY, SOURCE_SHA256_KEY, CheckpointError
+from llm.checkpoints.load import inspect_checkpoint, load_checkpoint, load_state_dict
+from llm.checkpoints.save import convert_checkpoint, save_checkpoint
 from llm.config import GPTConfig, UnknownHeadCountError, infer_config
 from llm.model import GPTModel
 from tests.llm.book_reference import BookGPTModel

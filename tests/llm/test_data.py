@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from llm.assets import INSTRUCTION_DATA
-from llm.data import (
+from llm.prompts import render_example
+from llm.tokenizer import Tokenizer
+from llm.training.data import (
     DataError,
     Example,
     InstructionDataset,
@@ -20,8 +22,6 @@ from llm.data import (
     load_records,
     split_records,
 )
-from llm.prompts import render_example
-from llm.tokenizer import Tokenizer
 
 E = 50256  # <|endoftext|>, also the padding id
 X = -100  # ignored target

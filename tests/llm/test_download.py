@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from bot.cli.main import main
-from llm.checkpoints import load_checkpoint
-from llm.download import RELEASE_FILES, DownloadError, download_gpt2, fetch_file
-from llm.openai_layout import convert_openai_checkpoint
+from llm.checkpoints.download import RELEASE_FILES, DownloadError, download_gpt2, fetch_file
+from llm.checkpoints.load import load_checkpoint
+from llm.checkpoints.openai import convert_openai_checkpoint
 from tests.llm.local_http import QuietHandler, closed_port_url, refuse_non_local_urls, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_gpt2"

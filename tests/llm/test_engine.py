@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from llm.config import GPTConfig
-from llm.cpu_layout import PackedHead, batch_friendly_layout, pack_head
-from llm.engine import Engine, Event
-from llm.generate import EOT_ID, PromptTooLongError, SamplingParams, generate_tokens, stream_text
+from llm.decoding.cpu_layout import PackedHead, batch_friendly_layout, pack_head
+from llm.decoding.engine import Engine, Event
+from llm.decoding.sampling import EOT_ID, PromptTooLongError, SamplingParams
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
-from tests.llm.conftest import make_model
+from tests.llm.conftest import generate_ids, make_model, stream
 
 TOKENIZER = Tokenizer()
 
@@ -79,7 +79,7 @@ def test_batched_greedy_equals_sequential_for_mixed_prompt_lengths(model: GPTMod
     outcomes: dict[int, Outcome] = {}
     drain(engine, outcomes)
     for seq, prompt in zip(seqs, prompts, strict=True):
-        assert outcomes[seq].tokens == list(generate_tokens(model, prompt, params))
+        assert outcomes[seq].tokens == generate_ids(model, prompt, params)
         assert outcomes[seq].reason == "length" and outcomes[seq].events_after_finish == 0
         assert outcomes[seq].text == TOKENIZER.decode(outcomes[seq].tokens)
     assert engine.active == engine.waiting == 0
@@ -109,7 +109,7 @@ def test_requests_joining_and_leaving_mid_batch_match_running_alone(model: GPTMo
         n += 1
     for i, prompt in enumerate(prompts):
         params = SamplingParams(max_new_tokens=budgets[i])
-        assert outcomes[seqs[i]].tokens == list(generate_tokens(model, prompt, params)), f"request {i}"
+        assert outcomes[seqs[i]].tokens == generate_ids(model, prompt, params), f"request {i}"
     assert outcomes[seqs[5]].reason == "context" and len(outcomes[seqs[5]].tokens) == 64 - 1
     assert all(o.reason in ("length", "context") and o.events_after_finish == 0 for o in outcomes.values())
 
@@ -132,7 +132,7 @@ def test_seeded_sampling_does_not_depend_on_batch_neighbours(model: GPTModel) ->
     crowded = run(
         [SamplingParams(max_new_tokens=20, temperature=1.0), SamplingParams(), SamplingParams(temperature=2.0, seed=7)]
     )
-    assert alone == crowded == list(generate_tokens(model, [464, 3290, 318], sampled))
+    assert alone == crowded == generate_ids(model, [464, 3290, 318], sampled)
     assert run([SamplingParams(temperature=1.0, seed=8)]) == alone
 
 
@@ -152,7 +152,7 @@ def test_cancelling_frees_the_row_for_the_next_request(model: GPTModel) -> None:
     drain(engine, outcomes)
     assert set(outcomes) == {first, second}
     assert outcomes[first].reason is None, "a cancelled request gets no more events"
-    assert outcomes[second].tokens == list(generate_tokens(model, [4, 5, 6, 7], params))
+    assert outcomes[second].tokens == generate_ids(model, [4, 5, 6, 7], params)
 
 
 def test_a_failing_decode_step_fails_its_batch_and_the_engine_keeps_serving(
@@ -183,7 +183,7 @@ def test_a_failing_decode_step_fails_its_batch_and_the_engine_keeps_serving(
     assert engine.active == 0
     later = engine.submit([9, 10, 11], params)
     drain(engine, outcomes)
-    assert outcomes[later].tokens == list(generate_tokens(model, [9, 10, 11], params))
+    assert outcomes[later].tokens == generate_ids(model, [9, 10, 11], params)
 
 
 def test_a_failing_prefill_fails_only_its_own_request(model: GPTModel) -> None:
@@ -195,13 +195,13 @@ def test_a_failing_prefill_fails_only_its_own_request(model: GPTModel) -> None:
     outcomes: dict[int, Outcome] = {}
     drain(engine, outcomes)
     assert outcomes[bad].reason == "error" and isinstance(outcomes[bad].error, IndexError)
-    assert outcomes[good].tokens == list(generate_tokens(model, [1, 2, 3], params))
-    assert outcomes[also_good].tokens == list(generate_tokens(model, [7], params))
+    assert outcomes[good].tokens == generate_ids(model, [1, 2, 3], params)
+    assert outcomes[also_good].tokens == generate_ids(model, [7], params)
 
 
 def test_stop_strings_end_the_text_as_the_reference_stream_does(model: GPTModel) -> None:
     prompt = TOKENIZER.encode("Once upon a time")
-    full = "".join(stream_text(model, TOKENIZER, prompt, SamplingParams(max_new_tokens=40)))
+    full = "".join(stream(model, prompt, SamplingParams(max_new_tokens=40)))
     stop = full[len(full) // 2 : len(full) // 2 + 4]
     params = SamplingParams(max_new_tokens=40, stop=(stop,))
     engine = Engine(model, TOKENIZER, max_batch=2)
@@ -230,7 +230,7 @@ def test_end_of_text_ends_a_sequence_without_becoming_output(model: GPTModel, mo
     drain(engine, outcomes)
     # The token after position 9 is end-of-text: positions 3..9 hold the prompt's last token's successors.
     assert outcomes[short].reason == "eot" and len(outcomes[short].tokens) == 7
-    assert outcomes[short].tokens == list(generate_tokens(model, [1, 2, 3], params))
+    assert outcomes[short].tokens == generate_ids(model, [1, 2, 3], params)
     assert EOT_ID not in outcomes[short].tokens
     assert outcomes[long].reason == "length" and len(outcomes[long].tokens) == 30
 

@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 
 from bot.cli.main import main
-from llm.checkpoints import save_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
-from llm.data import Record
-from llm.evaluate import (
+from llm.decoding.sampling import SamplingParams
+from llm.prompts import clean_response, render_prompt
+from llm.tokenizer import Tokenizer
+from llm.training.data import Record
+from llm.training.evaluate import (
     EvaluationError,
     Judge,
     generate_responses,
@@ -29,10 +32,7 @@ from llm.evaluate import (
     select,
     write_responses,
 )
-from llm.generate import SamplingParams, generate_tokens
-from llm.prompts import clean_response, render_prompt
-from llm.tokenizer import Tokenizer
-from tests.llm.conftest import make_model
+from tests.llm.conftest import generate_ids, make_model
 from tests.llm.local_http import QuietHandler, closed_port_url, refuse_non_local_urls, serve
 
 CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
@@ -135,7 +135,7 @@ def test_batched_answers_equal_one_prompt_at_a_time_greedy_answers() -> None:
     assert [list(r) for r in out] == [["instruction", "input", "output", "model_response"]] * 5
     for record, row in zip(data, out, strict=True):
         ids = tokenizer.encode(render_prompt(record.instruction, record.input))
-        alone = list(generate_tokens(model, ids, SamplingParams(max_new_tokens=6)))
+        alone = generate_ids(model, ids, SamplingParams(max_new_tokens=6))
         assert row["model_response"] == clean_response(tokenizer.decode(alone))
         assert row["instruction"] == record.instruction and row["output"] == record.output
 
@@ -288,6 +288,6 @@ def test_cli_evaluate_of_bad_data_is_a_one_line_error(tmp_path: Path, checkpoint
 
 def test_the_cli_offers_the_splits_the_library_knows() -> None:
     from bot.cli.models import EVAL_SPLITS
-    from llm.evaluate import SPLITS
+    from llm.training.evaluate import SPLITS
 
     assert sorted(EVAL_SPLITS) == sorted(SPLITS)

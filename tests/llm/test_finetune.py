@@ -13,18 +13,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from llm.assets import INSTRUCTION_DATA
-from llm.checkpoints import load_checkpoint, load_state_dict, save_checkpoint
+from llm.checkpoints.load import load_checkpoint, load_state_dict
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
-from llm.data import DataError, InstructionDataset, collate_batch, load_records, split_records
-from llm.finetune import FinetuneConfig, FinetuneError, build_model, finetune
-from llm.generate import SamplingParams, generate_tokens
-from llm.lora import LinearWithLoRA, add_lora, merge_lora
+from llm.decoding.sampling import SamplingParams
 from llm.model import GPTModel
 from llm.prompts import render_prompt
 from llm.tokenizer import Tokenizer
-from llm.training import file_order_batches, hidden_states, mean_batch_loss, token_loss_sum, train_fast
+from llm.training.data import DataError, InstructionDataset, collate_batch, load_records, split_records
+from llm.training.finetune import build_model, finetune
+from llm.training.loops import file_order_batches, mean_batch_loss, token_loss_sum, train_fast
+from llm.training.lora import LinearWithLoRA, add_lora, merge_lora
+from llm.training.recipe import FinetuneConfig, FinetuneError
 from tests.llm.book_reference import BookGPTModel
-from tests.llm.conftest import make_model
+from tests.llm.conftest import generate_ids, make_model
 
 SHAPE = {"emb_dim": 32, "n_layers": 2, "n_heads": 4, "context_length": 128}
 CONFIG = GPTConfig(vocab_size=50257, qkv_bias=False, **SHAPE)
@@ -200,16 +202,16 @@ def test_the_head_on_kept_positions_gives_the_books_loss_and_logits() -> None:
     batch = collate_batch(InstructionDataset(records, tokenizer).examples, mask_prompt=True)
     with torch.no_grad():
         logits = model(batch[0])
-        assert torch.allclose(model.out_head(hidden_states(model, batch[0])), logits, atol=1e-6)
+        assert torch.allclose(model.out_head(model.hidden_states(batch[0])), logits, atol=1e-6)
         book = F.cross_entropy(logits.flatten(0, 1), batch[1].flatten())
-        ours = token_loss_sum(partial(hidden_states, model), model, batch) / (batch[1] != -100).sum()
+        ours = token_loss_sum(model.hidden_states, model, batch) / (batch[1] != -100).sum()
     assert ours.item() == pytest.approx(book.item(), rel=1e-6)
 
 
 def test_accumulated_micro_batches_weigh_every_token_equally() -> None:
     model = make_model(CONFIG, seed=2).train()
     examples = InstructionDataset(load_records(INSTRUCTION_DATA)[:6], Tokenizer()).examples
-    trunk = partial(hidden_states, model)
+    trunk = model.hidden_states
     whole = collate_batch(examples)
     token_loss_sum(trunk, model, whole).div((whole[1] != -100).sum()).backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -247,7 +249,7 @@ def test_the_saved_checkpoint_loads_and_generates(small_data: Path, tmp_path: Pa
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, book.model.state_dict()[name]), name
     prompt = Tokenizer().encode(render_prompt("Name a color."))
-    tokens = list(generate_tokens(loaded.model, prompt, SamplingParams(max_new_tokens=5)))
+    tokens = generate_ids(loaded.model, prompt, SamplingParams(max_new_tokens=5))
     assert 0 < len(tokens) <= 5
 
 

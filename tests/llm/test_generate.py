@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm.generate import (
-    GenerationResult,
-    PromptTooLongError,
-    SamplingParams,
-    StopTextDecoder,
-    fit_prompt,
-    generate_batch,
-    generate_tokens,
-    sample,
-    stream_text,
-)
+from llm.decoding.sampling import PromptTooLongError, SamplingParams, fit_prompt, sample
+from llm.decoding.stops import StopTextDecoder
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
+from tests.llm.conftest import generate_ids, generate_many, generated, stream
 
 
 def uncached_greedy(model: GPTModel, prompt: list[int], n: int) -> list[int]:
@@ -36,16 +28,16 @@ def uncached_greedy(model: GPTModel, prompt: list[int], n: int) -> list[int]:
 def test_kv_cache_batch_of_different_lengths_equals_uncached_generation(tiny_model: GPTModel) -> None:
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (1, 5, 17, 30)]
-    batched = generate_batch(tiny_model, prompts, SamplingParams(max_new_tokens=25))
+    batched = generate_many(tiny_model, prompts, SamplingParams(max_new_tokens=25))
     for prompt, got in zip(prompts, batched, strict=True):
         assert got == uncached_greedy(tiny_model, prompt, 25)
 
 
 def test_single_stream_equals_its_row_in_a_batch(tiny_model: GPTModel) -> None:
     prompts = [[464, 3290], [40, 588, 262, 3290, 13, 632]]
-    batched = generate_batch(tiny_model, prompts, SamplingParams(max_new_tokens=15))
+    batched = generate_many(tiny_model, prompts, SamplingParams(max_new_tokens=15))
     for prompt, row in zip(prompts, batched, strict=True):
-        assert list(generate_tokens(tiny_model, prompt, SamplingParams(max_new_tokens=15))) == row
+        assert generate_ids(tiny_model, prompt, SamplingParams(max_new_tokens=15)) == row
 
 
 def test_greedy_takes_the_argmax_and_top_k_one_is_greedy() -> None:
@@ -76,7 +68,7 @@ def test_top_k_never_samples_outside_the_k_best() -> None:
 def test_seeded_sampling_is_repeatable_and_seeds_differ(tiny_model: GPTModel) -> None:
     def run(seed: int) -> list[int]:
         params = SamplingParams(max_new_tokens=30, temperature=1.0, top_k=200, seed=seed)
-        return list(generate_tokens(tiny_model, [464, 3290], params))
+        return generate_ids(tiny_model, [464, 3290], params)
 
     assert run(7) == run(7)
     assert run(7) != run(8)
@@ -105,20 +97,19 @@ def test_generation_stops_at_end_of_text(tiny_model: GPTModel) -> None:
         tiny_model.out_head.weight[50256] = 1.0
         tiny_model.final_norm.scale.zero_()
         tiny_model.final_norm.shift.fill_(1.0)
-    result = GenerationResult()
-    assert list(generate_tokens(tiny_model, [1, 2, 3], SamplingParams(max_new_tokens=10), result)) == []
-    assert result.finish_reason == "eot"
-    assert generate_batch(tiny_model, [[1, 2], [3]], SamplingParams(max_new_tokens=10)) == [[], []]
+    result = generated(tiny_model, [1, 2, 3], SamplingParams(max_new_tokens=10))
+    assert result.token_ids == [] and result.text == "" and result.finish_reason == "eot"
+    assert generate_many(tiny_model, [[1, 2], [3]], SamplingParams(max_new_tokens=10)) == [[], []]
 
 
 def test_stop_strings_end_the_text_and_never_leak(tiny_model: GPTModel) -> None:
     tokenizer = Tokenizer()
     prompt = tokenizer.encode("Once upon a time")
-    free = stream_text(tiny_model, tokenizer, prompt, SamplingParams(max_new_tokens=40))
+    free = stream(tiny_model, prompt, SamplingParams(max_new_tokens=40))
     full = "".join(free)
     stop = full[len(full) // 2 : len(full) // 2 + 4]
     assert len(stop) == 4 and stop in full
-    stopped = stream_text(tiny_model, tokenizer, prompt, SamplingParams(max_new_tokens=40, stop=(stop,)))
+    stopped = stream(tiny_model, prompt, SamplingParams(max_new_tokens=40, stop=(stop,)))
     deltas = list(stopped)
     assert "".join(deltas) == full[: full.index(stop)]
     assert stopped.result.text == full[: full.index(stop)]
@@ -127,36 +118,34 @@ def test_stop_strings_end_the_text_and_never_leak(tiny_model: GPTModel) -> None:
 
 def test_streamed_deltas_join_to_the_decoded_tokens(tiny_model: GPTModel) -> None:
     tokenizer = Tokenizer()
-    stream = stream_text(tiny_model, tokenizer, tokenizer.encode("Hi"), SamplingParams(max_new_tokens=30))
-    deltas = list(stream)
-    assert "".join(deltas) == tokenizer.decode(stream.result.token_ids) == stream.result.text
-    assert stream.result.new_tokens == len(stream.result.token_ids) > 0
-    assert stream.result.prompt_tokens == 1
+    text = stream(tiny_model, tokenizer.encode("Hi"), SamplingParams(max_new_tokens=30))
+    deltas = list(text)
+    assert "".join(deltas) == tokenizer.decode(text.result.token_ids) == text.result.text
+    assert text.result.new_tokens == len(text.result.token_ids) > 0
+    assert text.result.prompt_tokens == 1
 
 
 def test_overlong_prompt_keeps_its_newest_tokens_by_default(tiny_model: GPTModel) -> None:
     ctx = tiny_model.config.context_length
     prompt = list(range(1000, 1000 + ctx + 50))
-    result = GenerationResult()
-    out = list(generate_tokens(tiny_model, prompt, SamplingParams(max_new_tokens=10), result))
+    result = generated(tiny_model, prompt, SamplingParams(max_new_tokens=10))
     assert result.prompt_tokens == ctx - 10 and result.truncated_tokens == 60
-    assert out == uncached_greedy(tiny_model, prompt[-(ctx - 10) :], 10)
+    assert result.token_ids == uncached_greedy(tiny_model, prompt[-(ctx - 10) :], 10)
 
 
 def test_overlong_prompt_is_refused_under_the_error_policy(tiny_model: GPTModel) -> None:
     prompt = list(range(tiny_model.config.context_length))
     with pytest.raises(PromptTooLongError, match="shorten it or lower max_new_tokens"):
-        list(generate_tokens(tiny_model, prompt, SamplingParams(max_new_tokens=10, overflow="error")))
+        generate_ids(tiny_model, prompt, SamplingParams(max_new_tokens=10, overflow="error"))
 
 
 def test_generation_ends_cleanly_at_the_end_of_the_context(tiny_model: GPTModel) -> None:
     """Asking for more tokens than the context holds leaves one position for the prompt and stops at the end."""
     ctx = tiny_model.config.context_length
-    result = GenerationResult()
-    out = list(generate_tokens(tiny_model, [1, 2, 3], SamplingParams(max_new_tokens=5 * ctx), result))
+    result = generated(tiny_model, [1, 2, 3], SamplingParams(max_new_tokens=5 * ctx))
     assert result.prompt_tokens == 1 and result.truncated_tokens == 2
-    assert len(out) <= ctx - 1
-    if len(out) == ctx - 1:
+    assert len(result.token_ids) <= ctx - 1
+    if len(result.token_ids) == ctx - 1:
         assert result.finish_reason == "context"
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.checkpoints import load_checkpoint, save_checkpoint
+from llm.checkpoints.load import load_checkpoint
+from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from llm.model import GPTModel
 from tests.llm.conftest import make_model

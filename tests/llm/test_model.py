@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from llm.config import ConfigError, GPTConfig, infer_config
-from llm.cuda_graph import GraphedDecodeStep
-from llm.generate import prefill
 from llm.model import GPTModel, KVCache
 from tests.llm.book_reference import BookGPTModel, generate_text_simple
 from tests.llm.conftest import make_model
@@ -86,12 +84,13 @@ def test_cache_rejects_positions_past_its_end(tiny_model: GPTModel) -> None:
 
 
 def test_book_greedy_loop_matches_our_cached_generation(tiny_model: GPTModel) -> None:
-    from llm.generate import SamplingParams, generate_batch
+    from llm.decoding.sampling import SamplingParams
+    from tests.llm.conftest import generate_many
 
     prompt = [464, 3290, 318, 257]
     book_ids = generate_text_simple(tiny_model, torch.tensor([prompt]), 20, tiny_model.config.context_length)
     book_new = book_ids[0, len(prompt) :].tolist()
-    ours = generate_batch(tiny_model, [prompt], SamplingParams(max_new_tokens=20))[0]
+    ours = generate_many(tiny_model, [prompt], SamplingParams(max_new_tokens=20))[0]
     # The book's loop does not stop at end-of-text; compare up to ours stopping there.
     assert ours == book_new[: len(ours)]
     assert len(ours) == 20 or book_new[len(ours)] == 50256
@@ -124,32 +123,6 @@ def test_config_is_inferred_from_tensor_shapes(tiny_config: GPTConfig) -> None:
 def test_infer_config_explains_what_is_missing() -> None:
     with pytest.raises(ConfigError, match=r"tok_emb\.weight"):
         infer_config({"wte.weight": torch.zeros(2, 2)})
-
-
-def test_the_static_step_for_cuda_graphs_equals_the_dynamic_one(tiny_model: GPTModel) -> None:
-    """static=True attends over the whole cache through a mask and never reads positions back to the host; stale or
-    unwritten positions past each row's own must not change a single logit."""
-    torch.manual_seed(0)
-    prompts = [torch.randint(0, tiny_model.config.vocab_size, (n,)) for n in (5, 9)]
-    dynamic, static = KVCache(tiny_model.config, 2, 24), KVCache(tiny_model.config, 2, 24)
-    static.keys.normal_()  # garbage everywhere a row has not written yet
-    static.values.normal_()
-    with torch.inference_mode():
-        for row, prompt in enumerate(prompts):
-            for cache in (dynamic, static):
-                prefill(tiny_model, prompt, cache, slot=row)
-        tokens = torch.tensor([1, 2])
-        positions = torch.tensor([5, 9])
-        for _ in range(4):
-            expected = tiny_model(tokens[:, None], cache=dynamic, input_pos=positions[:, None])
-            got = tiny_model(tokens[:, None], cache=static, input_pos=positions[:, None], static=True)
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-            tokens, positions = expected[:, -1].argmax(-1), positions + 1
-
-
-def test_cuda_graphs_are_refused_clearly_off_a_gpu(tiny_model: GPTModel) -> None:
-    with pytest.raises(ValueError, match="CUDA device"):
-        GraphedDecodeStep(tiny_model)
 
 
 def test_an_int_seed_initialises_like_a_generator_seeded_with_it() -> None:

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm.config import GPTConfig
-from llm.generate import SamplingParams, generate, generate_batch, generate_tokens, make_cache
+from llm.decoding.quantize import MODES, Int8Linear, MatVecLinear, quantize_model
+from llm.decoding.sampling import SamplingParams
+from llm.decoding.steps import make_cache
 from llm.model import GPTModel
-from llm.quantize import MODES, Int8Linear, MatVecLinear, quantize_model
 from llm.tokenizer import Tokenizer
-from tests.llm.conftest import make_model
+from tests.llm.conftest import generate_ids, generate_many, generate_text, make_model
 
 # Widths divisible by 16 take the fused int8 kernel; the full vocabulary lets the tokenizer's ids through.
 CONFIG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=64, n_heads=4, n_layers=2)
@@ -103,13 +104,13 @@ def test_greedy_generation_runs_end_to_end_in_every_mode(mode: str) -> None:
     model, successor = successor_model()
     model = quantize_model(model, mode)
     expected = chain(successor, PROMPT[-1], 12)
-    assert list(generate_tokens(model, PROMPT, SamplingParams(max_new_tokens=12))) == expected
-    assert generate_batch(model, [PROMPT, PROMPT[:3]], SamplingParams(max_new_tokens=12)) == [
+    assert generate_ids(model, PROMPT, SamplingParams(max_new_tokens=12)) == expected
+    assert generate_many(model, [PROMPT, PROMPT[:3]], SamplingParams(max_new_tokens=12)) == [
         expected,
         chain(successor, PROMPT[2], 12),
     ]
     tokenizer = Tokenizer()
-    result = generate(model, tokenizer, tokenizer.decode(PROMPT), SamplingParams(max_new_tokens=5))
+    result = generate_text(model, tokenizer.decode(PROMPT), SamplingParams(max_new_tokens=5))
     assert result.token_ids == chain(successor, PROMPT[-1], 5)
     assert result.text == tokenizer.decode(result.token_ids)
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from llm.checkpoints import SOURCE_FORMAT_KEY, CheckpointError, load_checkpoint
-from llm.openai_layout import convert_openai_checkpoint
-from llm.tf_bundle import CorruptTensorError, TFCheckpoint, TFCheckpointError, mask_crc, masked_crc32c
+from llm.checkpoints.common import SOURCE_FORMAT_KEY, CheckpointError
+from llm.checkpoints.load import load_checkpoint
+from llm.checkpoints.openai import convert_openai_checkpoint
+from llm.checkpoints.tf_bundle import CorruptTensorError, TFCheckpoint, TFCheckpointError, mask_crc, masked_crc32c
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_gpt2"
 EXPECTED = Path(__file__).parent / "fixtures" / "tf_gpt2_expected.npz"
@@ -100,7 +101,7 @@ def test_a_compressed_block_is_refused_not_misread(release: Path) -> None:
 
 
 def _first_block_size(table: bytes) -> int:
-    from llm.tf_bundle import FOOTER_SIZE, _block_entries, _block_handle, _read_block
+    from llm.checkpoints.tf_bundle import FOOTER_SIZE, _block_entries, _block_handle, _read_block
 
     footer = table[-FOOTER_SIZE:]
     _, pos = _block_handle(footer, 0)

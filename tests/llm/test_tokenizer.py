@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llm import tokenizer as tokenizer_module
-from llm.tokenizer import StreamDecoder, Tokenizer, TokenizerAssetError, iter_text
+from llm.tokenizer import StreamDecoder, Tokenizer, TokenizerAssetError
 
 # Known GPT-2 ids (from tiktoken's `gpt2` encoding and the book's chapter 2).
 KNOWN_IDS = [
@@ -82,7 +82,6 @@ def test_stream_decoder_never_splits_a_character(tok: Tokenizer) -> None:
     deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
     assert "".join(deltas) == text
     assert all("\ufffd" not in d for d in deltas)
-    assert "".join(iter_text(tok, ids)) == text
 
 
 def test_stream_decoder_flushes_an_unfinished_character_as_replacement(tok: Tokenizer) -> None:

@@ -30,14 +30,16 @@ async def texts(store: Store, key: ConversationKey, limit: int = 100) -> list[st
 # -- conversations --------------------------------------------------------------------------------------------------
 
 
-async def test_get_or_create_conversation_returns_the_same_conversation_for_the_same_key(store: Store) -> None:
-    first = await store.get_or_create_conversation(KEY)
-    again = await store.get_or_create_conversation(ConversationKey("discord", "guild-1", "channel-1", ""))
-    in_thread = await store.get_or_create_conversation(ConversationKey("discord", "guild-1", "channel-1", "thread-9"))
+async def test_the_same_key_is_the_same_conversation_and_a_thread_another(store: Store) -> None:
+    first = await store.add_message(KEY, role="user", author_id="a", text="one")
+    again = await store.add_message(ConversationKey("discord", "guild-1", "channel-1", ""), role="user", author_id="a",
+                                    text="two")  # fmt: skip
+    in_thread = await store.add_message(ConversationKey("discord", "guild-1", "channel-1", "thread-9"), role="user",
+                                        author_id="a", text="three")  # fmt: skip
 
-    assert again == first
-    assert first.key == KEY and first.created_at.tzinfo is not None
-    assert in_thread.id != first.id
+    assert again.message.conversation_id == first.message.conversation_id
+    assert first.message.created_at.tzinfo is not None
+    assert in_thread.message.conversation_id != first.message.conversation_id
 
 
 @pytest.mark.parametrize(
@@ -280,12 +282,11 @@ async def test_retention_deletes_what_is_older_than_the_cutoff_and_is_idempotent
 async def test_retention_removes_conversations_left_empty_only(store: Store) -> None:
     now = datetime.now(UTC)
     await store.add_message(KEY, role="user", author_id="a", text="old", created_at=now - timedelta(days=9))
-    first = await store.get_or_create_conversation(KEY)
 
     # The conversation was created just now, after this cutoff: it stays, though its only message goes.
     assert (await store.delete_older_than(now - timedelta(days=1))).conversations == 0
     assert (await store.delete_older_than(datetime.now(UTC) + timedelta(seconds=1))).conversations == 1
-    assert (await store.get_or_create_conversation(KEY)).created_at > first.created_at
+    assert await store.recent_history(KEY) == []
 
 
 # -- channel settings -----------------------------------------------------------------------------------------------

@@ -78,7 +78,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         else:
             merge_lora(child)
     return model
-
-
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LinearWithLoRA) for m in model.modules())

@@ -106,8 +106,8 @@ def download_gpt2(
     after a successful conversion.
     """
     # Imported here: fetching needs no torch, and `scratchbot --help` (which reads MODEL_SIZES) must not wait for it.
-    from llm.openai_layout import convert_openai_checkpoint
-    from llm.tf_bundle import CorruptTensorError
+    from llm.checkpoints.openai import convert_openai_checkpoint
+    from llm.checkpoints.tf_bundle import CorruptTensorError
 
     size = release_name(name)
     if not base_urls:

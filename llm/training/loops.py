@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from llm.data import IGNORE_INDEX, InstructionDataset, collate_batch, length_grouped_batches
 from llm.model import GPTModel
 from llm.tokenizer import END_OF_TEXT_ID
+from llm.training.data import IGNORE_INDEX, InstructionDataset, collate_batch, length_grouped_batches
 
 if TYPE_CHECKING:
-    from llm.finetune import FinetuneConfig
+    from llm.training.recipe import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,6 @@ def train_exact(
 # The fast loop
 
 
-def hidden_states(model: GPTModel, idx: torch.Tensor) -> torch.Tensor:
-    """`GPTModel.forward` without a cache, stopped before ``out_head``: (B, T, emb_dim) after the final norm."""
-    pos = torch.arange(idx.shape[1], device=idx.device)
-    x = model.drop_emb(model.tok_emb(idx) + model.pos_emb(pos))  # (B, T, emb_dim)
-    x = model.trf_blocks(x)
-    return model.final_norm(x)
-
-
 def token_loss_sum(trunk: Callable[[torch.Tensor], torch.Tensor], model: GPTModel, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy of the targets that are not -100; the head runs only at those positions."""
     inputs, targets = batch
@@ -173,7 +165,7 @@ def train_fast(
     # The fused kernel (CUDA, and CPU since torch 2.4) updates every tensor in one pass: the book's AdamW, faster.
     fused = torch.device(device).type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
-    trunk = partial(hidden_states, model)
+    trunk = model.hidden_states
     if config.compile:
         trunk = torch.compile(trunk, dynamic=True)
 
@@ -249,7 +241,7 @@ def mean_batch_loss(
     trunk: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """The mean of per-batch mean token losses, as the book's ``calc_loss_loader`` averages; NaN for no batches."""
-    trunk = trunk or partial(hidden_states, model)
+    trunk = trunk or model.hidden_states
     was_training = model.training
     model.eval()
     with torch.no_grad(), _autocast(device, autocast_dtype):

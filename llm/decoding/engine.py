@@ -9,8 +9,9 @@ Active sequences always occupy the cache rows 0..B-1. When one leaves, the last 
 hole (only the positions it has written). That costs one copy per finished sequence, but lets every decode step read
 the cache through plain slices instead of gathering the rows of every layer again at every step.
 
-The engine is synchronous and single-threaded: the caller (``bot.inference``'s worker thread) owns it, and the
-model with it: `Engine` gives an fp32 model the weight layouts of `llm.cpu_layout` in place (same values).
+The engine is synchronous and single-threaded: the caller (``bot.inference.worker``'s thread) owns it, and the
+model with it. It is the one decode loop: the service, `scratchbot generate` and `evaluate` (through
+`llm.decoding.runs`) all generate here, under one rule for when a sequence ends.
 """
 
 from __future__ import annotations
@@ -24,18 +25,9 @@ from typing import Literal
 
 import torch
 
-from llm.cpu_layout import prepare_for_batches
-from llm.generate import (
-    EOT_ID,
-    FinishReason,
-    SamplingParams,
-    StopTextDecoder,
-    decode_step,
-    fit_prompt,
-    make_cache,
-    prefill,
-    sample,
-)
+from llm.decoding.sampling import EOT_ID, FinishReason, SamplingParams, fit_prompt, sample
+from llm.decoding.steps import decode_step, make_cache, prefill
+from llm.decoding.stops import StopTextDecoder
 from llm.model import GPTModel
 from llm.tokenizer import Tokenizer
 
@@ -84,7 +76,6 @@ class Engine:
                 f"the model's vocabulary has {model.config.vocab_size} tokens but the tokenizer's has "
                 f"{tokenizer.vocab_size}; use a checkpoint trained with the GPT-2 tokenizer"
             )
-        prepare_for_batches(model, max_batch)
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch

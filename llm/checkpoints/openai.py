@@ -4,7 +4,8 @@ OpenAI's ``gpt-2/src/model.py`` names its variables ``model/h0/attn/c_attn/w`` a
 ``conv1d`` layers whose weights are stored ``[1, in, out]``. The book's ``load_weights_into_gpt`` (chapter 5)
 squeezes the leading 1, splits ``c_attn`` into q, k and v along the last axis, transposes every projection to
 ``nn.Linear``'s ``(out, in)``, and uses the token embedding as the output head (GPT-2 ties them). The table below is
-that function written as data; `convert_openai_checkpoint` applies it to a downloaded release directory.
+that function written as data (applied by `llm.checkpoints.names`); `convert_openai_checkpoint` applies it to a
+downloaded release directory.
 """
 
 from __future__ import annotations
@@ -19,59 +20,49 @@ from typing import Any
 
 import torch
 
-from llm.checkpoints import (
-    SOURCE_FORMAT_KEY,
-    SOURCE_SHA256_KEY,
-    CheckpointError,
-    check_tensors,
-    file_sha256,
-    save_checkpoint,
-)
+from llm.checkpoints.common import SOURCE_FORMAT_KEY, SOURCE_SHA256_KEY, CheckpointError, check_tensors, file_sha256
+from llm.checkpoints.names import NameTable, to_book
+from llm.checkpoints.save import save_checkpoint
+from llm.checkpoints.tf_bundle import TFCheckpoint
 from llm.config import ConfigError, GPTConfig
-from llm.tf_bundle import TFCheckpoint
 
 log = logging.getLogger(__name__)
 
 SOURCE_FORMAT = "openai-tf"
 PREFIX = "model/"  # every weight of the release lives under this scope
 
-# OpenAI name -> the book's name. "{n}" is the block index. A tuple is a fused tensor, split in equal parts along
-# its last (output) axis, in this order.
-OPENAI_TO_BOOK: dict[str, str | tuple[str, ...]] = {
-    "model/wte": "tok_emb.weight",
-    "model/wpe": "pos_emb.weight",
-    "model/h{n}/ln_1/g": "trf_blocks.{n}.norm1.scale",
-    "model/h{n}/ln_1/b": "trf_blocks.{n}.norm1.shift",
-    "model/h{n}/attn/c_attn/w": (
-        "trf_blocks.{n}.att.W_query.weight",
-        "trf_blocks.{n}.att.W_key.weight",
-        "trf_blocks.{n}.att.W_value.weight",
+OPENAI = NameTable(
+    to_book={
+        "model/wte": "tok_emb.weight",
+        "model/wpe": "pos_emb.weight",
+        "model/h{n}/ln_1/g": "trf_blocks.{n}.norm1.scale",
+        "model/h{n}/ln_1/b": "trf_blocks.{n}.norm1.shift",
+        "model/h{n}/attn/c_attn/w": (
+            "trf_blocks.{n}.att.W_query.weight",
+            "trf_blocks.{n}.att.W_key.weight",
+            "trf_blocks.{n}.att.W_value.weight",
+        ),
+        "model/h{n}/attn/c_attn/b": (
+            "trf_blocks.{n}.att.W_query.bias",
+            "trf_blocks.{n}.att.W_key.bias",
+            "trf_blocks.{n}.att.W_value.bias",
+        ),
+        "model/h{n}/attn/c_proj/w": "trf_blocks.{n}.att.out_proj.weight",
+        "model/h{n}/attn/c_proj/b": "trf_blocks.{n}.att.out_proj.bias",
+        "model/h{n}/ln_2/g": "trf_blocks.{n}.norm2.scale",
+        "model/h{n}/ln_2/b": "trf_blocks.{n}.norm2.shift",
+        "model/h{n}/mlp/c_fc/w": "trf_blocks.{n}.ff.layers.0.weight",
+        "model/h{n}/mlp/c_fc/b": "trf_blocks.{n}.ff.layers.0.bias",
+        "model/h{n}/mlp/c_proj/w": "trf_blocks.{n}.ff.layers.2.weight",
+        "model/h{n}/mlp/c_proj/b": "trf_blocks.{n}.ff.layers.2.bias",
+        "model/ln_f/g": "final_norm.scale",
+        "model/ln_f/b": "final_norm.shift",
+    },
+    # conv1d weights, stored [1, in, out]: the leading 1 squeezed, then transposed (each part of a fused tensor).
+    transposed=frozenset(
+        {"model/h{n}/attn/c_attn/w", "model/h{n}/attn/c_proj/w", "model/h{n}/mlp/c_fc/w", "model/h{n}/mlp/c_proj/w"}
     ),
-    "model/h{n}/attn/c_attn/b": (
-        "trf_blocks.{n}.att.W_query.bias",
-        "trf_blocks.{n}.att.W_key.bias",
-        "trf_blocks.{n}.att.W_value.bias",
-    ),
-    "model/h{n}/attn/c_proj/w": "trf_blocks.{n}.att.out_proj.weight",
-    "model/h{n}/attn/c_proj/b": "trf_blocks.{n}.att.out_proj.bias",
-    "model/h{n}/ln_2/g": "trf_blocks.{n}.norm2.scale",
-    "model/h{n}/ln_2/b": "trf_blocks.{n}.norm2.shift",
-    "model/h{n}/mlp/c_fc/w": "trf_blocks.{n}.ff.layers.0.weight",
-    "model/h{n}/mlp/c_fc/b": "trf_blocks.{n}.ff.layers.0.bias",
-    "model/h{n}/mlp/c_proj/w": "trf_blocks.{n}.ff.layers.2.weight",
-    "model/h{n}/mlp/c_proj/b": "trf_blocks.{n}.ff.layers.2.bias",
-    "model/ln_f/g": "final_norm.scale",
-    "model/ln_f/b": "final_norm.shift",
-}
-
-# conv1d weights, stored [1, in, out]: the leading 1 squeezed, then transposed (each part of a fused tensor).
-TRANSPOSED: frozenset[str] = frozenset(
-    {
-        "model/h{n}/attn/c_attn/w",
-        "model/h{n}/attn/c_proj/w",
-        "model/h{n}/mlp/c_fc/w",
-        "model/h{n}/mlp/c_proj/w",
-    }
+    block=re.compile(r"^model/h(\d+)/"),
 )
 
 # The head is not stored: GPT-2 ties it to the token embedding, as `load_weights_into_gpt` does with params["wte"].
@@ -79,8 +70,6 @@ TIED_HEAD = ("out_head.weight", "tok_emb.weight")
 
 # hparams.json field -> GPTConfig field. OpenAI's GPT-2 always has q/k/v biases and trains without dropout here.
 HPARAMS_TO_CONFIG = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "emb_dim", "n_head": "n_heads"}
-
-_BLOCK = re.compile(r"^model/h(\d+)/")
 
 
 def config_from_hparams(hparams: dict[str, Any]) -> GPTConfig:
@@ -100,35 +89,22 @@ def openai_to_book(
     Names under ``model/`` the table does not know are passed through unchanged, so the caller's shape check reports
     them as unexpected; anything outside ``model/`` (training state) is skipped.
     """
-    names = list(names)
-    blocks = {int(m.group(1)) for name in names if (m := _BLOCK.match(name))}
-    wanted = set(names)
-    book: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for template, targets in OPENAI_TO_BOOK.items():
-        parts_names = targets if isinstance(targets, tuple) else (targets,)
-        for n in sorted(blocks) if "{n}" in template else [0]:
-            name = template.format(n=n)
-            if name not in wanted:
-                continue  # reported as missing by the caller, under the book's name
-            wanted.discard(name)
-            tensor = read(name)
-            if template in TRANSPOSED:
-                if tensor.dim() == 3 and tensor.shape[0] == 1:
-                    tensor = tensor[0]  # [1, in, out] -> (in, out)
-                if tensor.dim() != 2:
-                    raise CheckpointError(f"{name} has shape {tuple(tensor.shape)}, not [1, in, out]")
-            parts = tensor.chunk(len(parts_names), dim=-1) if len(parts_names) > 1 else (tensor,)
-            if template in TRANSPOSED:
-                parts = tuple(p.t() for p in parts)  # (in, out) -> (out, in)
-            for target, part in zip(parts_names, parts, strict=True):
-                book[target.format(n=n)] = part.contiguous()
-                origin[target.format(n=n)] = name
+
+    def matrix(name: str, template: str) -> torch.Tensor:
+        tensor = read(name)
+        if template in OPENAI.transposed:
+            if tensor.dim() == 3 and tensor.shape[0] == 1:
+                tensor = tensor[0]  # [1, in, out] -> (in, out)
+            if tensor.dim() != 2:
+                raise CheckpointError(f"{name} has shape {tuple(tensor.shape)}, not [1, in, out]")
+        return tensor
+
+    book, origin, unknown = to_book(OPENAI, names, matrix)
     head, embedding = TIED_HEAD
     if embedding in book:
         book[head] = book[embedding]
         origin[head] = f"{origin[embedding]} (tied)"
-    for name in sorted(wanted):
+    for name in sorted(unknown):
         if name.startswith(PREFIX):
             book[name] = read(name)  # unknown weight: the shape check names it
         else:

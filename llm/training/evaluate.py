@@ -4,7 +4,8 @@
    the next 10% test, the rest validation (1,100 records -> 935 / 110 / 55).
 2. Each record's prompt is the shared Alpaca template (`llm.prompts.render_prompt`, which ends with the response
    header; the book's loop lets the model write that header itself). Answers are greedy, several prompts at a time
-   (`llm.generate.generate_batch`), cleaned as the bot cleans them (`llm.prompts.clean_response`).
+   (`llm.decoding.runs.generate_all`, on the engine the service uses), cleaned as the bot cleans them
+   (`llm.prompts.clean_response`).
 3. The records plus ``model_response`` are written as JSON, the book's ``instruction-data-with-response.json``.
 4. Optionally a judge model behind an OpenAI-compatible (``/v1/chat/completions``) or Ollama (``/api/chat``)
    endpoint scores each answer 0-100 with the book's prompt, temperature 0 and seed 123; a reply that is not an
@@ -28,11 +29,13 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from llm.data import Record, split_records
-from llm.generate import SamplingParams, generate_batch
+from llm.decoding.engine import Engine
+from llm.decoding.runs import generate_all
+from llm.decoding.sampling import SamplingParams
 from llm.model import GPTModel
 from llm.prompts import clean_response, format_input, render_prompt
 from llm.tokenizer import Tokenizer
+from llm.training.data import Record, split_records
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +132,17 @@ def generate_responses(
     tokenizer = tokenizer or Tokenizer()
     params = SamplingParams(max_new_tokens=max_new_tokens)  # greedy, as the book; long prompts keep their end
     prompts = [tokenizer.encode(render_prompt(r.instruction, r.input)) for r in records]
+    if not prompts:
+        return []
+    # The cache holds what the longest prompt and its answer need, not the whole context, for each row.
+    longest = min(max(len(p) for p in prompts) + max_new_tokens, model.config.context_length)
+    engine = Engine(model, tokenizer, max_batch=batch_size, max_len=longest)
     answered: list[dict[str, Any]] = []
     with tqdm(total=len(records), desc="answering", unit="record", disable=_disable(progress)) as bar:
         for start in range(0, len(records), batch_size):
-            outputs = generate_batch(model, prompts[start : start + batch_size], params)
-            for record, ids in zip(records[start : start + batch_size], outputs, strict=True):
-                answered.append({**asdict(record), RESPONSE_KEY: clean_response(tokenizer.decode(ids))})
+            outputs = generate_all(engine, prompts[start : start + batch_size], params)
+            for record, output in zip(records[start : start + batch_size], outputs, strict=True):
+                answered.append({**asdict(record), RESPONSE_KEY: clean_response(tokenizer.decode(output.token_ids))})
             bar.update(len(outputs))
     return answered
 

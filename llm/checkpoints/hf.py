@@ -5,7 +5,7 @@ the same numbers as the book's ``GPTModel`` under other names, with two twists: 
 ``c_attn`` matrix, and its projections are ``Conv1D`` layers whose weights are ``(in, out)`` where ``nn.Linear``'s
 are ``(out, in)``. Both conversions below are exact (splits, concatenations and transposes only), so a round trip
 is bit-for-bit. Shapes are checked by the caller against a model built from the config, in one place
-(`llm.checkpoints.check_tensors`).
+(`llm.checkpoints.common.check_tensors`). The table is applied by `llm.checkpoints.names`.
 """
 
 from __future__ import annotations
@@ -17,48 +17,44 @@ from typing import Any
 
 import torch
 
+from llm.checkpoints.names import NameTable, from_book, to_book
 from llm.config import GPTConfig
 
 log = logging.getLogger(__name__)
 
-# Hugging Face name -> the book's name. "{n}" is the block index. A tuple is a fused tensor, split in equal parts
-# along its last (output) dimension, in this order.
-HF_TO_BOOK: dict[str, str | tuple[str, ...]] = {
-    "wte.weight": "tok_emb.weight",
-    "wpe.weight": "pos_emb.weight",
-    "h.{n}.ln_1.weight": "trf_blocks.{n}.norm1.scale",
-    "h.{n}.ln_1.bias": "trf_blocks.{n}.norm1.shift",
-    "h.{n}.attn.c_attn.weight": (
-        "trf_blocks.{n}.att.W_query.weight",
-        "trf_blocks.{n}.att.W_key.weight",
-        "trf_blocks.{n}.att.W_value.weight",
+HF = NameTable(
+    to_book={
+        "wte.weight": "tok_emb.weight",
+        "wpe.weight": "pos_emb.weight",
+        "h.{n}.ln_1.weight": "trf_blocks.{n}.norm1.scale",
+        "h.{n}.ln_1.bias": "trf_blocks.{n}.norm1.shift",
+        "h.{n}.attn.c_attn.weight": (
+            "trf_blocks.{n}.att.W_query.weight",
+            "trf_blocks.{n}.att.W_key.weight",
+            "trf_blocks.{n}.att.W_value.weight",
+        ),
+        "h.{n}.attn.c_attn.bias": (
+            "trf_blocks.{n}.att.W_query.bias",
+            "trf_blocks.{n}.att.W_key.bias",
+            "trf_blocks.{n}.att.W_value.bias",
+        ),
+        "h.{n}.attn.c_proj.weight": "trf_blocks.{n}.att.out_proj.weight",
+        "h.{n}.attn.c_proj.bias": "trf_blocks.{n}.att.out_proj.bias",
+        "h.{n}.ln_2.weight": "trf_blocks.{n}.norm2.scale",
+        "h.{n}.ln_2.bias": "trf_blocks.{n}.norm2.shift",
+        "h.{n}.mlp.c_fc.weight": "trf_blocks.{n}.ff.layers.0.weight",
+        "h.{n}.mlp.c_fc.bias": "trf_blocks.{n}.ff.layers.0.bias",
+        "h.{n}.mlp.c_proj.weight": "trf_blocks.{n}.ff.layers.2.weight",
+        "h.{n}.mlp.c_proj.bias": "trf_blocks.{n}.ff.layers.2.bias",
+        "ln_f.weight": "final_norm.scale",
+        "ln_f.bias": "final_norm.shift",
+        "lm_head.weight": "out_head.weight",  # absent when tied to wte (tie_word_embeddings)
+    },
+    # Conv1D weights, stored (in, out).
+    transposed=frozenset(
+        {"h.{n}.attn.c_attn.weight", "h.{n}.attn.c_proj.weight", "h.{n}.mlp.c_fc.weight", "h.{n}.mlp.c_proj.weight"}
     ),
-    "h.{n}.attn.c_attn.bias": (
-        "trf_blocks.{n}.att.W_query.bias",
-        "trf_blocks.{n}.att.W_key.bias",
-        "trf_blocks.{n}.att.W_value.bias",
-    ),
-    "h.{n}.attn.c_proj.weight": "trf_blocks.{n}.att.out_proj.weight",
-    "h.{n}.attn.c_proj.bias": "trf_blocks.{n}.att.out_proj.bias",
-    "h.{n}.ln_2.weight": "trf_blocks.{n}.norm2.scale",
-    "h.{n}.ln_2.bias": "trf_blocks.{n}.norm2.shift",
-    "h.{n}.mlp.c_fc.weight": "trf_blocks.{n}.ff.layers.0.weight",
-    "h.{n}.mlp.c_fc.bias": "trf_blocks.{n}.ff.layers.0.bias",
-    "h.{n}.mlp.c_proj.weight": "trf_blocks.{n}.ff.layers.2.weight",
-    "h.{n}.mlp.c_proj.bias": "trf_blocks.{n}.ff.layers.2.bias",
-    "ln_f.weight": "final_norm.scale",
-    "ln_f.bias": "final_norm.shift",
-    "lm_head.weight": "out_head.weight",  # absent when tied to wte (tie_word_embeddings)
-}
-
-# Conv1D weights, stored (in, out): transposed on the way through (each part of a fused tensor separately).
-TRANSPOSED: frozenset[str] = frozenset(
-    {
-        "h.{n}.attn.c_attn.weight",
-        "h.{n}.attn.c_proj.weight",
-        "h.{n}.mlp.c_fc.weight",
-        "h.{n}.mlp.c_proj.weight",
-    }
+    block=re.compile(r"^h\.(\d+)\."),
 )
 
 # Constant causal-mask buffers that older transformers versions saved; they hold nothing learned.
@@ -67,29 +63,9 @@ IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 # `GPT2LMHeadModel` keeps the body under this prefix; `GPT2Model` checkpoints have none. The head never has it.
 BODY_PREFIX = "transformer."
 
-_HF_BLOCK = re.compile(r"^h\.(\d+)\.")
-
-
-def _expanded(n_layers: int) -> list[tuple[str, tuple[str, ...]]]:
-    """The table with "{n}" filled in for every block: (hf_name, the book name(s) it holds)."""
-    rows = []
-    for hf, book in HF_TO_BOOK.items():
-        names = book if isinstance(book, tuple) else (book,)
-        for n in range(n_layers) if "{n}" in hf else [0]:
-            rows.append((hf.format(n=n), tuple(name.format(n=n) for name in names)))
-    return rows
-
-
-def _generic(hf_name: str) -> str:
-    return _HF_BLOCK.sub("h.{n}.", hf_name)
-
 
 def is_hf_layout(keys: Any) -> bool:
     return "wte.weight" in keys or BODY_PREFIX + "wte.weight" in keys
-
-
-def strip_body_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(BODY_PREFIX): v for k, v in state_dict.items()}
 
 
 def hf_to_book(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -98,25 +74,13 @@ def hf_to_book(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
     Names the table does not know are passed through unchanged, so the caller's check reports them as unexpected.
     A missing ``lm_head.weight`` means the head is tied to ``wte``: both names then hold the same tensor.
     """
-    hf = {k: v for k, v in strip_body_prefix(state_dict).items() if not IGNORED.match(k)}
-    blocks = {int(m.group(1)) for k in hf if (m := _HF_BLOCK.match(k))}
-    n_layers = max(blocks) + 1 if blocks else 0
-    book: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for hf_name, names in _expanded(n_layers):
-        if hf_name not in hf:
-            continue  # reported as missing by the caller, under the book's name
-        tensor = hf.pop(hf_name)
-        parts = tensor.chunk(len(names), dim=-1) if len(names) > 1 else (tensor,)  # 3 x (emb, emb) or (emb,)
-        if _generic(hf_name) in TRANSPOSED:
-            parts = tuple(p.t() for p in parts)  # (in, out) -> (out, in)
-        for name, part in zip(names, parts, strict=True):
-            book[name] = part.contiguous()
-            origin[name] = hf_name
+    body = {k.removeprefix(BODY_PREFIX): v for k, v in state_dict.items()}
+    hf = {k: v for k, v in body.items() if not IGNORED.match(k)}
+    book, origin, unknown = to_book(HF, hf, lambda name, _: hf[name])
     if "out_head.weight" not in book and "tok_emb.weight" in book:
         book["out_head.weight"] = book["tok_emb.weight"]  # tied head
         origin["out_head.weight"] = "wte.weight (tied)"
-    book.update(hf)  # leftovers: unknown names, reported by the caller
+    book.update({name: hf[name] for name in unknown})  # reported by the caller
     return book, origin
 
 
@@ -126,17 +90,15 @@ def book_to_hf(state_dict: Mapping[str, torch.Tensor], config: GPTConfig) -> tup
     The head is left out (tied) only when it equals the token embedding exactly. Without q/k/v biases
     (``qkv_bias=False``) zero biases are written: GPT-2 always has them, and adding zero changes nothing.
     """
-    out: dict[str, torch.Tensor] = {}
     tied = bool(torch.equal(state_dict["tok_emb.weight"], state_dict["out_head.weight"]))
-    for hf_name, names in _expanded(config.n_layers):
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        parts = [state_dict[n] if n in state_dict else _zero_bias(n, state_dict) for n in names]
-        if _generic(hf_name) in TRANSPOSED:
-            parts = [p.t() for p in parts]  # (out, in) -> (in, out)
-        tensor = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # c_attn: (emb, 3 * emb)
-        key = hf_name if hf_name == "lm_head.weight" else BODY_PREFIX + hf_name
-        out[key] = tensor.contiguous()
+
+    def tensor_for(name: str) -> torch.Tensor:
+        return state_dict[name] if name in state_dict else _zero_bias(name, state_dict)
+
+    tensors = from_book(HF, config.n_layers, tensor_for)
+    out = {name if name == "lm_head.weight" else BODY_PREFIX + name: t for name, t in tensors.items()}
+    if tied:
+        del out["lm_head.weight"]
     return out, tied
 
 
