@@ -1,7 +1,7 @@
 """Generation benchmark: tokens/s of our GPTModel against Hugging Face `transformers` on the same weights.
 
 For each model size, one set of random weights (GPT-2's initialisation, seed 0) goes into our `GPTModel` and, through
-the Hugging Face layout table (`llm.hf_layout`), into `transformers.GPT2LMHeadModel` in fp32 with its default
+the Hugging Face layout table (`llm.checkpoints.hf`), into `transformers.GPT2LMHeadModel` in fp32 with its default
 attention implementation (printed). Every peer generates --new-tokens tokens greedily at batch 1 on the CPU from the
 same chapter-7 prompt (one worked example and the next record's instruction in the Alpaca template, 127 tokens).
 End-of-text stops nobody: Hugging Face runs without an eos id, and our runs are checked to have made every token.

@@ -33,6 +33,7 @@ from storage.store import open_store
 
 log = logging.getLogger(__name__)
 
+
 class StartupError(RuntimeError):
     """The service cannot start as configured; the message says what to do."""
 

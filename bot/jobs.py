@@ -34,8 +34,12 @@ async def apply_retention(store: Store, days: int, *, now: datetime | None = Non
         return None
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     result = await store.delete_older_than(cutoff)
-    log.info("retention: deleted %d messages, %d conversations older than %s", result.messages, result.conversations,
-             cutoff.isoformat())
+    log.info(
+        "retention: deleted %d messages, %d conversations older than %s",
+        result.messages,
+        result.conversations,
+        cutoff.isoformat(),
+    )
     return result
 
 

@@ -16,9 +16,7 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 INSTRUCTION_HEADER = "\n\n### Instruction:\n"
 INPUT_HEADER = "\n\n### Input:\n"
 RESPONSE_HEADER = "\n\n### Response:\n"
@@ -186,6 +184,7 @@ def render_conversation(
 
 def _fit_newest(encoder: Encoder, instruction: str, input_text: str, budget: int) -> tuple[str, str, bool]:
     """Cut the input (first) or the instruction so the preamble plus the final section fit ``budget``."""
+
     def size(ins: str, inp: str) -> int:
         return len(encoder.encode(PREAMBLE + _final_text(ins, inp)))
 

@@ -143,9 +143,18 @@ class DiscordAdapter:
         else:
             tenant, where, thread = str(guild.id), str(getattr(channel, "id", "")), ""
         return Incoming(
-            platform=PLATFORM, tenant=tenant, channel=where, thread=thread, author_id=str(author.id),
-            author_name=author.display_name, text=text, command=command, message_id=message_id,
-            is_dm=guild is None, author_is_owner=author.id in self._owner_ids, transcript=transcript,
+            platform=PLATFORM,
+            tenant=tenant,
+            channel=where,
+            thread=thread,
+            author_id=str(author.id),
+            author_name=author.display_name,
+            text=text,
+            command=command,
+            message_id=message_id,
+            is_dm=guild is None,
+            author_is_owner=author.id in self._owner_ids,
+            transcript=transcript,
         )
 
     @contextlib.contextmanager
@@ -187,7 +196,12 @@ class DiscordAdapter:
     # -- slash commands and context menus ------------------------------------------------------------------------
 
     async def command(
-        self, interaction: discord.Interaction, command: str, text: str = "", *, ephemeral: bool = False,
+        self,
+        interaction: discord.Interaction,
+        command: str,
+        text: str = "",
+        *,
+        ephemeral: bool = False,
         transcript_of: discord.abc.Messageable | None = None,
         before: discord.Message | None = None,
     ) -> None:
@@ -264,7 +278,11 @@ def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_comman
         await adapter.command(interaction, "translate", f"{_language(interaction.locale)} {message.content}")
 
     return [
-        summarize, translate, model, forget, reload,
+        summarize,
+        translate,
+        model,
+        forget,
+        reload,
         app_commands.ContextMenu(name="Summarize thread", callback=summarize_thread),
         app_commands.ContextMenu(name="Translate message", callback=translate_message),
     ]

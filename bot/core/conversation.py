@@ -175,7 +175,10 @@ class ConversationManager:
             return  # else: a redelivery of a message answered already, which the user sent once
         try:
             added = await self._store.add_message(
-                key, role=Role.USER, author_id=incoming.author_id, text=incoming.text,
+                key,
+                role=Role.USER,
+                author_id=incoming.author_id,
+                text=incoming.text,
                 platform_message_id=incoming.message_id,
             )
         except Exception:

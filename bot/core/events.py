@@ -31,7 +31,11 @@ class PlatformEvents:
         """The bot was removed from a guild or workspace: delete everything stored for it, and audit that."""
         deleted = await self._store.purge_tenant(platform, tenant)
         await self._store.record_audit(
-            platform=platform, tenant=tenant, actor_id="platform", action="tenant.purge", target=tenant,
+            platform=platform,
+            tenant=tenant,
+            actor_id="platform",
+            action="tenant.purge",
+            target=tenant,
             detail={"reason": reason, "messages_deleted": deleted},
         )
         return deleted

@@ -1,8 +1,8 @@
 """What the rest of the bot sees of text generation: the `Generator` protocol, its handle, results and errors.
 
-Nothing here knows how text is made: `bot.inference.LocalGenerator` runs the model in-process, a test's fake
+Nothing here knows how text is made: `bot.inference.local.LocalGenerator` runs the model in-process, a test's fake
 generator (or a later remote one) feeds a `GenerationHandle` the same way. No torch import, so the conversation
-layer and its tests stay light. ``bot.inference`` re-exports every name.
+layer and its tests stay light.
 
 Usage::
 

@@ -1,13 +1,13 @@
 """In-process generation: `LocalGenerator` runs the model on ONE worker thread, never on the event loop.
 
-The worker (`bot.inference_worker`) runs `llm.engine.Engine` (continuous batching: every active request advances in
-the same forward pass). Requests wait in a bounded queue; text deltas come back through
+The worker (`bot.inference.worker`) runs `llm.decoding.engine.Engine` (continuous batching: every active request
+advances in the same forward pass). Requests wait in a bounded queue; text deltas come back through
 ``loop.call_soon_threadsafe``; the worker sleeps on a condition variable when there is nothing to do, and enforces
 each request's deadline between steps. A reload loads and checks the new checkpoint on another thread (never the
 worker, never the loop), then the worker swaps it in between two steps: requests already running finish on the old
 model (its engine keeps stepping until it drains), new ones start on the new one.
 
-The protocol, handle, results and errors live in `bot.generation` and are re-exported here.
+The protocol, handle, results and errors live in `bot.inference.generator`.
 """
 
 from __future__ import annotations

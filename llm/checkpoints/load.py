@@ -13,7 +13,7 @@ config before the tensors are assigned to a model built on the meta device; a ba
   size with exactly these shapes, or the load is refused (`llm.config.infer_config`): never a guess.
 - ``safetensors``: the book's names plus metadata (config as JSON, sha256 of the file it was converted from).
 - ``hf``: a directory ``GPT2LMHeadModel.from_pretrained`` loads (``config.json`` + ``model.safetensors``); read also
-  from ``pytorch_model.bin`` or a bare weights file. The name table is in `llm.hf_layout`.
+  from ``pytorch_model.bin`` or a bare weights file. The name table is in `llm.checkpoints.hf`.
 """
 
 from __future__ import annotations

@@ -66,9 +66,7 @@ def to_book(
     return book, origin, left
 
 
-def from_book(
-    table: NameTable, n_layers: int, tensor_for: Callable[[str], torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def from_book(table: NameTable, n_layers: int, tensor_for: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
     """The foreign layout's tensors from the book's (the inverse of `to_book`); ``tensor_for(book_name)`` gives each
     book tensor, so the caller can fill in what the book's model lacks."""
     out: dict[str, torch.Tensor] = {}

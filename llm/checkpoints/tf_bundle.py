@@ -11,7 +11,8 @@ OpenAI published GPT-2 in this format. It is small enough to read by hand and ev
 
 Layout: tensorflow/core/util/tensor_bundle/tensor_bundle.{h,cc,proto} and tensorflow/core/lib/io/{table,block,format}.
 TensorFlow writes the index uncompressed; a snappy-compressed block is refused with a clear error rather than
-decoded. The reader is tested against a checkpoint written by TensorFlow itself (tests/llm/fixtures/tf_gpt2).
+decoded. The reader is tested against a checkpoint written by TensorFlow itself
+(tests/llm/checkpoints/fixtures/tf_gpt2).
 """
 
 from __future__ import annotations

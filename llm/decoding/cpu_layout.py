@@ -12,8 +12,8 @@ Rapids cores, torch 2.13, MKL + oneDNN) two changes pay off, measured on gpt2-sm
   11-16 ms). It costs one more copy of the head (154 MB for gpt2-small); a torch without the (private) oneDNN ops
   simply keeps the plain head.
 
-`llm.engine.Engine` applies both to the model it serves; the numbers it gives stay those of the book's model up to
-float rounding.
+`bot.inference.local` applies both to the model it serves (`prepare_for_batches`); the numbers it gives stay those
+of the book's model up to float rounding.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def quantize_model(model: GPTModel, mode: Mode) -> GPTModel:
 
     - ``"fp32"``: every parameter in float32 (the reference).
     - ``"bf16"``: every parameter in bfloat16, each ``nn.Linear`` a `MatVecLinear` (same parameters); the KV cache
-      `llm.generate.make_cache` builds follows (it takes the dtype of ``final_norm.scale``).
+      `llm.decoding.steps.make_cache` builds follows (it takes the dtype of ``final_norm.scale``).
     - ``"int8"``: every ``nn.Linear`` (``out_head`` included) becomes an `Int8Linear` at the same attribute path;
       everything else, and so the activations and the KV cache, is bfloat16.
 

@@ -30,6 +30,7 @@ from llm.training.recipe import PRECISIONS, FinetuneConfig, FinetuneError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class FinetuneResult:
     checkpoint: Path

@@ -19,9 +19,7 @@ class FakeGenerator:
     Platform tests slow it down: ``delay_s`` between deltas, and ``hold`` (when set) stops the answer halfway until
     the test sets the event, to act while an answer is being streamed."""
 
-    def __init__(
-        self, answer: str = " The answer is 4.", *, context_length: int = 1024, delay_s: float = 0.0
-    ) -> None:
+    def __init__(self, answer: str = " The answer is 4.", *, context_length: int = 1024, delay_s: float = 0.0) -> None:
         self.answer = answer
         self.delay_s = delay_s
         self.hold: asyncio.Event | None = None

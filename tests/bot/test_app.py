@@ -69,8 +69,9 @@ def test_sigterm_stops_the_terminal_chat_cleanly(tmp_path: Path) -> None:
     save_checkpoint(make_model(CONFIG, seed=4), checkpoint)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCRATCHBOT_")}
     env.update(SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_DATA_DIR=str(tmp_path / "data"))
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "run"], cwd=str(tmp_path), env=env, encoding="utf-8",
-                          timeout=120)
+    child = pexpect.spawn(
+        sys.executable, ["-m", "bot.cli", "run"], cwd=str(tmp_path), env=env, encoding="utf-8", timeout=120
+    )
     try:
         child.expect_exact("you> ")
         child.sendline("Tell me a story")

@@ -37,8 +37,13 @@ def now() -> str:
 
 def user(user_id: str, name: str, *, bot: bool = False) -> Json:
     return {
-        "id": user_id, "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None,
-        "bot": bot, "public_flags": 0,
+        "id": user_id,
+        "username": name,
+        "discriminator": "0",
+        "global_name": name.title(),
+        "avatar": None,
+        "bot": bot,
+        "public_flags": 0,
     }
 
 
@@ -58,19 +63,39 @@ def member(of: Json, *, permissions: str | None = None) -> Json:
 
 def text_channel(channel_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> Json:
     return {
-        "id": channel_id, "type": 0, "guild_id": guild_id, "name": "general", "position": 0,
-        "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
+        "id": channel_id,
+        "type": 0,
+        "guild_id": guild_id,
+        "name": "general",
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+        "topic": None,
+        "last_message_id": None,
         "rate_limit_per_user": 0,
     }
 
 
 def thread(thread_id: str = THREAD_ID, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> Json:
     return {
-        "id": thread_id, "type": 11, "guild_id": guild_id, "parent_id": parent_id, "owner_id": USER_ID,
-        "name": "a thread", "message_count": 1, "member_count": 1, "rate_limit_per_user": 0,
-        "last_message_id": None, "flags": 0,
-        "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": now(),
-                            "locked": False},
+        "id": thread_id,
+        "type": 11,
+        "guild_id": guild_id,
+        "parent_id": parent_id,
+        "owner_id": USER_ID,
+        "name": "a thread",
+        "message_count": 1,
+        "member_count": 1,
+        "rate_limit_per_user": 0,
+        "last_message_id": None,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": now(),
+            "locked": False,
+        },
     }
 
 
@@ -80,15 +105,39 @@ def dm_channel(with_user: Json, channel_id: str = DM_CHANNEL_ID) -> Json:
 
 def guild(guild_id: str = GUILD_ID) -> Json:
     """GUILD_CREATE: the guild with its channels and active threads; the bot is its only cached member."""
-    everyone = {"id": guild_id, "name": "@everyone", "permissions": ALL_PERMISSIONS, "position": 0, "color": 0,
-                "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+    everyone = {
+        "id": guild_id,
+        "name": "@everyone",
+        "permissions": ALL_PERMISSIONS,
+        "position": 0,
+        "color": 0,
+        "hoist": False,
+        "managed": False,
+        "mentionable": False,
+        "flags": 0,
+    }
     role = {**everyone, "id": ROLE_ID, "name": "staff", "position": 1, "mentionable": True}
     return {
-        "id": guild_id, "name": "Test guild", "unavailable": False, "member_count": 4, "large": False,
-        "owner_id": USER_ID, "joined_at": now(), "roles": [everyone, role], "emojis": [], "stickers": [],
-        "features": [], "channels": [text_channel(guild_id=guild_id)], "threads": [thread(guild_id=guild_id)],
-        "members": [member(BOT)], "presences": [], "voice_states": [], "stage_instances": [],
-        "guild_scheduled_events": [], "soundboard_sounds": [], "preferred_locale": "en-US",
+        "id": guild_id,
+        "name": "Test guild",
+        "unavailable": False,
+        "member_count": 4,
+        "large": False,
+        "owner_id": USER_ID,
+        "joined_at": now(),
+        "roles": [everyone, role],
+        "emojis": [],
+        "stickers": [],
+        "features": [],
+        "channels": [text_channel(guild_id=guild_id)],
+        "threads": [thread(guild_id=guild_id)],
+        "members": [member(BOT)],
+        "presences": [],
+        "voice_states": [],
+        "stage_instances": [],
+        "guild_scheduled_events": [],
+        "soundboard_sounds": [],
+        "preferred_locale": "en-US",
     }
 
 
@@ -104,10 +153,22 @@ def message(
     webhook_id: str | None = None,
 ) -> Json:
     data: Json = {
-        "id": message_id or snowflake(), "channel_id": channel_id, "author": author, "content": content,
-        "timestamp": now(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
-        "mentions": list(mentions), "mention_roles": [], "attachments": [], "embeds": [], "pinned": False,
-        "type": 19 if reference else 0, "flags": 0, "components": [],
+        "id": message_id or snowflake(),
+        "channel_id": channel_id,
+        "author": author,
+        "content": content,
+        "timestamp": now(),
+        "edited_timestamp": None,
+        "tts": False,
+        "mention_everyone": False,
+        "mentions": list(mentions),
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": False,
+        "type": 19 if reference else 0,
+        "flags": 0,
+        "components": [],
     }
     if guild_id is not None:
         data["guild_id"] = guild_id
@@ -121,9 +182,14 @@ def message(
 
 def ready(session_id: str, resume_url: str) -> Json:
     return {
-        "v": 10, "user": {**BOT, "verified": True, "mfa_enabled": False, "flags": 0}, "session_id": session_id,
-        "resume_gateway_url": resume_url, "guilds": [{"id": GUILD_ID, "unavailable": True}],
-        "application": {"id": APP_ID, "flags": 0}, "private_channels": [], "relationships": [],
+        "v": 10,
+        "user": {**BOT, "verified": True, "mfa_enabled": False, "flags": 0},
+        "session_id": session_id,
+        "resume_gateway_url": resume_url,
+        "guilds": [{"id": GUILD_ID, "unavailable": True}],
+        "application": {"id": APP_ID, "flags": 0},
+        "private_channels": [],
+        "relationships": [],
     }
 
 
@@ -132,18 +198,42 @@ def application(*, team_member: Json | None = None) -> Json:
     team = None
     if team_member is not None:
         team = {
-            "id": "1700000000000000001", "name": "team", "icon": None, "owner_user_id": OWNER_ID,
+            "id": "1700000000000000001",
+            "name": "team",
+            "icon": None,
+            "owner_user_id": OWNER_ID,
             "members": [
-                {"membership_state": 2, "team_id": "1700000000000000001", "user": OWNER, "role": "admin",
-                 "permissions": ["*"]},
-                {"membership_state": 2, "team_id": "1700000000000000001", "user": team_member,
-                 "role": "read_only", "permissions": ["*"]},
+                {
+                    "membership_state": 2,
+                    "team_id": "1700000000000000001",
+                    "user": OWNER,
+                    "role": "admin",
+                    "permissions": ["*"],
+                },
+                {
+                    "membership_state": 2,
+                    "team_id": "1700000000000000001",
+                    "user": team_member,
+                    "role": "read_only",
+                    "permissions": ["*"],
+                },
             ],
         }
     return {
-        "id": APP_ID, "name": "scratchbot", "icon": None, "description": "", "bot_public": True,
-        "bot_require_code_grant": False, "owner": OWNER, "team": team, "verify_key": "00" * 32, "flags": 0,
-        "summary": "", "rpc_origins": [], "redirect_uris": [], "tags": [],
+        "id": APP_ID,
+        "name": "scratchbot",
+        "icon": None,
+        "description": "",
+        "bot_public": True,
+        "bot_require_code_grant": False,
+        "owner": OWNER,
+        "team": team,
+        "verify_key": "00" * 32,
+        "flags": 0,
+        "summary": "",
+        "rpc_origins": [],
+        "redirect_uris": [],
+        "tags": [],
     }
 
 
@@ -159,15 +249,29 @@ def interaction(
     """INTERACTION_CREATE in a guild channel (``channel`` defaults to #general); kind 2 command, 4 autocomplete."""
     where = channel or text_channel()
     payload: Json = {
-        "id": snowflake(), "application_id": APP_ID, "type": kind, "data": data, "token": token, "version": 1,
-        "channel_id": where["id"], "channel": where, "locale": locale, "app_permissions": ALL_PERMISSIONS,
-        "entitlements": [], "attachment_size_limit": 10 * 1024 * 1024,
+        "id": snowflake(),
+        "application_id": APP_ID,
+        "type": kind,
+        "data": data,
+        "token": token,
+        "version": 1,
+        "channel_id": where["id"],
+        "channel": where,
+        "locale": locale,
+        "app_permissions": ALL_PERMISSIONS,
+        "entitlements": [],
+        "attachment_size_limit": 10 * 1024 * 1024,
     }
     if where["type"] == 1:
         payload.update(user=by, context=1, authorizing_integration_owners={"0": by["id"]})
     else:
-        payload.update(guild_id=GUILD_ID, member=member(by, permissions=ALL_PERMISSIONS), guild_locale="en-US",
-                       context=0, authorizing_integration_owners={"0": GUILD_ID})
+        payload.update(
+            guild_id=GUILD_ID,
+            member=member(by, permissions=ALL_PERMISSIONS),
+            guild_locale="en-US",
+            context=0,
+            authorizing_integration_owners={"0": GUILD_ID},
+        )
     return payload
 
 
@@ -183,5 +287,10 @@ def slash(command: str, /, **options: object) -> Json:
 
 
 def context_menu(name: str, target: Json) -> Json:
-    return {"id": snowflake(), "name": name, "type": 3, "target_id": target["id"],
-            "resolved": {"messages": {target["id"]: target}}}
+    return {
+        "id": snowflake(),
+        "name": name,
+        "type": 3,
+        "target_id": target["id"],
+        "resolved": {"messages": {target["id"]: target}},
+    }

@@ -126,8 +126,11 @@ class FakeDiscord:
 
     def replies_to(self, message_id: str) -> list[Posted]:
         # discord.py sends the referenced id as a JSON number; Discord accepts both
-        return [m for m in self.posted.values()
-                if str(m.payload.get("message_reference", {}).get("message_id")) == message_id]
+        return [
+            m
+            for m in self.posted.values()
+            if str(m.payload.get("message_reference", {}).get("message_id")) == message_id
+        ]
 
     def answers_for(self, interaction_token: str) -> list[Posted]:
         return [m for m in self.posted.values() if m.interaction_token == interaction_token]
@@ -194,7 +197,8 @@ class FakeDiscord:
                 call.status = 429
                 return _json(
                     {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
-                    status=429, headers={"Via": "1.1 google", "Retry-After": str(retry_after)},
+                    status=429,
+                    headers={"Via": "1.1 google", "Retry-After": str(retry_after)},
                 )
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)
@@ -208,9 +212,15 @@ class FakeDiscord:
 
     def _routes(self) -> list[tuple[str, str, Any]]:
         return [
-            ("GET", r"/gateway/bot", lambda *_: {
-                "url": f"ws://{self.base_url.split('//')[1]}/gateway", "shards": 1,
-                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}}),
+            (
+                "GET",
+                r"/gateway/bot",
+                lambda *_: {
+                    "url": f"ws://{self.base_url.split('//')[1]}/gateway",
+                    "shards": 1,
+                    "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                },
+            ),
             ("GET", r"/users/@me", lambda *_: p.BOT),
             ("GET", r"/oauth2/applications/@me", lambda *_: self.application),
             ("PUT", r"/applications/(\d+)/commands", self._overwrite_commands),
@@ -227,8 +237,17 @@ class FakeDiscord:
 
     def _overwrite_commands(self, body: list[Json], _query: Any, app_id: str) -> list[Json]:
         self.commands = [
-            {"id": p.snowflake(), "application_id": app_id, "version": p.snowflake(), "type": 1, "description": "",
-             "default_member_permissions": None, "dm_permission": True, "nsfw": False, **command}
+            {
+                "id": p.snowflake(),
+                "application_id": app_id,
+                "version": p.snowflake(),
+                "type": 1,
+                "description": "",
+                "default_member_permissions": None,
+                "dm_permission": True,
+                "nsfw": False,
+                **command,
+            }
             for command in body
         ]
         return self.commands
@@ -244,7 +263,8 @@ class FakeDiscord:
         """Newest first, like Discord; ``before`` and ``limit`` honoured."""
         messages = self.history.get(channel_id, []) + [
             p.message(m.channel_id, p.BOT, m.content, message_id=m.id, guild_id=_guild_of(channel_id))
-            for m in self.posted.values() if m.channel_id == channel_id and m.interaction_token is None
+            for m in self.posted.values()
+            if m.channel_id == channel_id and m.interaction_token is None
         ]
         before = int(query.get("before", 1 << 64))
         kept = sorted((m for m in messages if int(m["id"]) < before), key=lambda m: int(m["id"]), reverse=True)
@@ -254,16 +274,23 @@ class FakeDiscord:
         return self._post(channel_id, body)
 
     def _post(self, channel_id: str, body: Json, token: str | None = None) -> Json:
-        data = p.message(channel_id, p.BOT, body.get("content", ""), reference=body.get("message_reference"),
-                         webhook_id=p.APP_ID if token else None, guild_id=_guild_of(channel_id))
+        data = p.message(
+            channel_id,
+            p.BOT,
+            body.get("content", ""),
+            reference=body.get("message_reference"),
+            webhook_id=p.APP_ID if token else None,
+            guild_id=_guild_of(channel_id),
+        )
         self.posted[data["id"]] = Posted(data["id"], channel_id, [data["content"]], body, token)
         return data
 
     def _edit(self, message_id: str, body: Json) -> Json:
         posted = self.posted[message_id]
         posted.contents.append(body.get("content", posted.content))
-        return p.message(posted.channel_id, p.BOT, posted.content, message_id=message_id,
-                         guild_id=_guild_of(posted.channel_id))
+        return p.message(
+            posted.channel_id, p.BOT, posted.content, message_id=message_id, guild_id=_guild_of(posted.channel_id)
+        )
 
     def _edit_message(self, body: Json, _query: Any, _channel_id: str, message_id: str) -> Json:
         return self._edit(message_id, body)
@@ -307,5 +334,6 @@ def _guild_of(channel_id: str) -> str | None:
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """JSON with Discord's bare content type (discord.py compares it exactly; aiohttp would add a charset)."""
-    return web.Response(body=json.dumps(data).encode(), status=status,
-                        headers={**(headers or {}), "Content-Type": "application/json"})
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={**(headers or {}), "Content-Type": "application/json"}
+    )

@@ -52,7 +52,12 @@ SUMMARIZE_DEFAULT = 250  # above Slack's page of 200 messages: one default, hono
 
 def make_manager(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
     return ConversationManager(
-        store, generator, TOKENIZER, AdminPolicy({"slack": [f"{TEAM}:{ADMIN}"]}), RateLimiter(100), checkpoints,
+        store,
+        generator,
+        TOKENIZER,
+        AdminPolicy({"slack": [f"{TEAM}:{ADMIN}"]}),
+        RateLimiter(100),
+        checkpoints,
         ManagerConfig(defaults=DEFAULTS, request_timeout_s=30, summarize_default=SUMMARIZE_DEFAULT),
     )
 
@@ -78,14 +83,27 @@ def record_deliveries(manager: ConversationManager) -> list[tuple[str, bool]]:
 
 
 def socket_config(slack: FakeSlack, **changes: Any) -> SlackConfig:
-    config = SlackConfig(bot_token=BOT_TOKEN, app_token=APP_TOKEN, api_url=slack.api_url, edit_interval_s=0.05,
-                         ping_interval_s=2.0, close_grace_s=5.0)
+    config = SlackConfig(
+        bot_token=BOT_TOKEN,
+        app_token=APP_TOKEN,
+        api_url=slack.api_url,
+        edit_interval_s=0.05,
+        ping_interval_s=2.0,
+        close_grace_s=5.0,
+    )
     return replace(config, **changes)
 
 
 def http_config(slack: FakeSlack, **changes: Any) -> SlackConfig:
-    config = SlackConfig(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, mode="http", http_port=0,
-                         api_url=slack.api_url, edit_interval_s=0.05, close_grace_s=5.0)
+    config = SlackConfig(
+        bot_token=BOT_TOKEN,
+        signing_secret=SIGNING_SECRET,
+        mode="http",
+        http_port=0,
+        api_url=slack.api_url,
+        edit_interval_s=0.05,
+        close_grace_s=5.0,
+    )
     return replace(config, **changes)
 
 

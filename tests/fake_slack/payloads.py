@@ -25,34 +25,83 @@ def event_callback(event: dict[str, Any], *, event_id: str | None = None, team: 
 
 
 def mention(text: str, ts: str, *, user: str = "U1", channel: str = "C1", thread_ts: str | None = None) -> dict:
-    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts, "channel": channel,
-             "event_ts": ts}
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
 def direct_message(text: str, ts: str, *, user: str = "U1", channel: str = "D1", **extra: Any) -> dict[str, Any]:
-    return {"type": "message", "channel": channel, "user": user, "text": text, "ts": ts, "event_ts": ts,
-            "channel_type": "im", **extra}
+    return {
+        "type": "message",
+        "channel": channel,
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "event_ts": ts,
+        "channel_type": "im",
+        **extra,
+    }
 
 
 def message_deleted(channel: str, deleted_ts: str, *, user: str = "U1", channel_type: str = "channel") -> dict:
-    return {"type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
-            "channel_type": channel_type, "deleted_ts": deleted_ts, "ts": "1700009999.000001",
-            "previous_message": {"type": "message", "user": user, "text": "gone", "ts": deleted_ts}}
+    return {
+        "type": "message",
+        "subtype": "message_deleted",
+        "hidden": True,
+        "channel": channel,
+        "channel_type": channel_type,
+        "deleted_ts": deleted_ts,
+        "ts": "1700009999.000001",
+        "previous_message": {"type": "message", "user": user, "text": "gone", "ts": deleted_ts},
+    }
 
 
-def slash_command(command: str, text: str, response_url: str, *, user: str = "U1", channel: str = "C1",
-                  team: str = TEAM) -> dict[str, str]:
-    return {"token": "legacy-verification-token", "team_id": team, "team_domain": "test", "channel_id": channel,
-            "channel_name": "general", "user_id": user, "user_name": "alice", "command": command, "text": text,
-            "api_app_id": "A1", "response_url": response_url, "trigger_id": "1.2.3"}
+def slash_command(
+    command: str, text: str, response_url: str, *, user: str = "U1", channel: str = "C1", team: str = TEAM
+) -> dict[str, str]:
+    return {
+        "token": "legacy-verification-token",
+        "team_id": team,
+        "team_domain": "test",
+        "channel_id": channel,
+        "channel_name": "general",
+        "user_id": user,
+        "user_name": "alice",
+        "command": command,
+        "text": text,
+        "api_app_id": "A1",
+        "response_url": response_url,
+        "trigger_id": "1.2.3",
+    }
 
 
-def message_shortcut(callback_id: str, message: dict[str, Any], response_url: str, *, user: str = "U1",
-                     channel: str = "C1", team: str = TEAM) -> dict[str, Any]:
-    return {"type": "message_action", "token": "legacy-verification-token", "action_ts": "1700000001.000001",
-            "team": {"id": team, "domain": "test"}, "user": {"id": user, "name": "alice"},
-            "channel": {"id": channel, "name": "general"}, "callback_id": callback_id, "trigger_id": "1.2.3",
-            "message_ts": message["ts"], "message": {"type": "message", **message}, "response_url": response_url}
+def message_shortcut(
+    callback_id: str,
+    message: dict[str, Any],
+    response_url: str,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    team: str = TEAM,
+) -> dict[str, Any]:
+    return {
+        "type": "message_action",
+        "token": "legacy-verification-token",
+        "action_ts": "1700000001.000001",
+        "team": {"id": team, "domain": "test"},
+        "user": {"id": user, "name": "alice"},
+        "channel": {"id": channel, "name": "general"},
+        "callback_id": callback_id,
+        "trigger_id": "1.2.3",
+        "message_ts": message["ts"],
+        "message": {"type": "message", **message},
+        "response_url": response_url,
+    }

@@ -116,8 +116,15 @@ class FakeSlack:
         return web.json_response({"ok": True, **handler(args, request)})
 
     def _auth_test(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        return {"url": "https://test.slack.com/", "team": "Test", "user": "scratchbot", "team_id": TEAM,
-                "user_id": BOT_USER, "bot_id": BOT_ID, "is_enterprise_install": False}
+        return {
+            "url": "https://test.slack.com/",
+            "team": "Test",
+            "user": "scratchbot",
+            "team_id": TEAM,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
 
     def _chat_postMessage(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
         ts = f"1700000000.{next(self._ts):06d}"
@@ -138,9 +145,7 @@ class FakeSlack:
         return _page(newest_first, args)
 
     def _conversations_replies(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        in_thread = [
-            m for m in self.history.get(args["channel"], []) if args["ts"] in (m.get("thread_ts"), m["ts"])
-        ]
+        in_thread = [m for m in self.history.get(args["channel"], []) if args["ts"] in (m.get("thread_ts"), m["ts"])]
         return _page(in_thread, args)
 
     def _apps_connections_open(self, args: dict[str, Any], request: web.Request) -> dict[str, Any]:
@@ -157,8 +162,14 @@ class FakeSlack:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.sockets.append(ws)
-        await ws.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"},
-                            "debug_info": {"host": "fake", "approximate_connection_time": 3600}})
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "connection_info": {"app_id": "A1"},
+                "debug_info": {"host": "fake", "approximate_connection_time": 3600},
+            }
+        )
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 ack = json.loads(message.data)
@@ -175,8 +186,12 @@ class FakeSlack:
         """Send an envelope (events_api, slash_commands, interactive) on the newest open connection."""
         envelope_id = f"env-{next(self._ids)}"
         ws = next(ws for ws in reversed(self.sockets) if not ws.closed)
-        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload,
-                    "accepts_response_payload": kind != "events_api"}
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": kind != "events_api",
+        }
         if kind == "events_api":
             envelope.update(retry_attempt=retry_attempt, retry_reason="timeout" if retry_attempt else "")
         self.sent[envelope_id] = time.monotonic()

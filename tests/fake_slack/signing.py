@@ -31,11 +31,17 @@ class SignedPoster:
         return await self.post(urlencode(form), "application/x-www-form-urlencoded", **options)
 
     async def interactive(self, payload: dict[str, Any], **options: Any) -> tuple[int, str]:
-        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded",
-                               **options)
+        return await self.post(
+            urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded", **options
+        )
 
     async def post(
-        self, body: str, content_type: str, *, age_s: float = 0, retry_num: int | None = None,
+        self,
+        body: str,
+        content_type: str,
+        *,
+        age_s: float = 0,
+        retry_num: int | None = None,
         signature: str | None = None,
     ) -> tuple[int, str]:
         timestamp = int(time.time() - age_s)
@@ -48,7 +54,8 @@ class SignedPoster:
             headers["X-Slack-Retry-Num"] = str(retry_num)
             headers["X-Slack-Retry-Reason"] = "http_timeout"
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            self.url, data=body.encode(), headers=headers
-        ) as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(self.url, data=body.encode(), headers=headers) as response,
+        ):
             return response.status, await response.text()

@@ -30,4 +30,3 @@ def test_the_demo_checkpoint_is_small_loads_and_answers() -> None:
     result = generate_text(loaded.model, render_prompt("Name three primary colors."), params)
     assert clean_response(result.text)  # weak, but it says something
     assert (ASSETS / "demo-model.md").is_file()
-

@@ -59,9 +59,7 @@ def test_user_cannot_forge_a_response_section() -> None:
 
 # Independent of the implementation: every character Unicode calls a line break, a space, or invisible formatting.
 LINE_BREAK_CHARS = [c for c in map(chr, range(sys.maxunicode + 1)) if len(f"a{c}b".splitlines()) == 2]
-INVISIBLE_CHARS = [
-    c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() or unicodedata.category(c) == "Cf"
-]
+INVISIBLE_CHARS = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() or unicodedata.category(c) == "Cf"]
 
 
 def opened_sections(text: str) -> list[str]:

@@ -120,7 +120,10 @@ class SlackAdapter:
     async def _start_socket_mode(self) -> None:
         assert self._config.app_token is not None  # SlackConfig checked it
         self._socket = AsyncSocketModeHandler(
-            self.app, self._config.app_token, logger=SDK_LOG, web_client=self.client,
+            self.app,
+            self._config.app_token,
+            logger=SDK_LOG,
+            web_client=self.client,
             ping_interval=self._config.ping_interval_s,
         )
         # Opening the first URL ourselves makes a bad app token raise here; the SDK's connect() would retry forever.
@@ -208,9 +211,17 @@ class SlackAdapter:
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
             transcript = self._commands.reader(reply, channel, event.get("thread_ts"))
         incoming = Incoming(
-            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user,
-            text=text, command=command, thread=thread, message_id=str(event["ts"]), is_dm=is_dm,
-            transcript=transcript, event_id=str(body["event_id"]) if body.get("event_id") else None,
+            platform="slack",
+            tenant=team,
+            channel=conversation_channel(channel, user),
+            author_id=user,
+            text=text,
+            command=command,
+            thread=thread,
+            message_id=str(event["ts"]),
+            is_dm=is_dm,
+            transcript=transcript,
+            event_id=str(body["event_id"]) if body.get("event_id") else None,
         )
         await self._core.handle(incoming, reply)
 

@@ -76,8 +76,14 @@ class SlackCommands:
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
         transcript = self.reader(reply, channel, None) if name == "summarize" else None
         incoming = Incoming(
-            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
-            command=name, is_dm=channel.startswith("D"), transcript=transcript,
+            platform="slack",
+            tenant=team,
+            channel=conversation_channel(channel, user),
+            author_id=user,
+            text=text,
+            command=name,
+            is_dm=channel.startswith("D"),
+            transcript=transcript,
         )
         await self._core.handle(incoming, reply)
 
@@ -92,19 +98,29 @@ class SlackCommands:
         else:
             text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
         incoming = Incoming(
-            platform="slack", tenant=team, channel=conversation_channel(channel, user), author_id=user, text=text,
-            command=command, thread=root, is_dm=channel.startswith("D"), transcript=transcript,
+            platform="slack",
+            tenant=team,
+            channel=conversation_channel(channel, user),
+            author_id=user,
+            text=text,
+            command=command,
+            thread=root,
+            is_dm=channel.startswith("D"),
+            transcript=transcript,
         )
         await self._core.handle(incoming, reply)
 
     def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
         ephemeral: Ephemeral = (
-            response_url_sender(respond) if respond is not None
+            response_url_sender(respond)
+            if respond is not None
             else post_ephemeral_sender(self._api, channel, user, thread_ts)
         )
         return SlackReply(
-            ChannelSink(self._api, channel, thread_ts), ephemeral=ephemeral,
-            interval_s=self._config.edit_interval_s, limit=self._config.message_limit,
+            ChannelSink(self._api, channel, thread_ts),
+            ephemeral=ephemeral,
+            interval_s=self._config.edit_interval_s,
+            limit=self._config.message_limit,
         )
 
     def reader(self, reply: SlackReply, channel: str, thread_ts: str | None) -> TranscriptReader:

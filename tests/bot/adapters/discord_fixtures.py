@@ -77,9 +77,7 @@ class Bot:
         """Wait until the replies to ``message`` (a chain) show exactly ``text``; return them."""
 
         def done() -> bool:
-            return "\n".join(m.content for m in self.chain(message["id"])).replace("\n", "") == text.replace(
-                "\n", ""
-            )
+            return "\n".join(m.content for m in self.chain(message["id"])).replace("\n", "") == text.replace("\n", "")
 
         await wait_until(done, f"the answer to {message['content'][:40]!r}")
         return self.chain(message["id"])
@@ -100,8 +98,9 @@ class Bot:
 
     async def history_becomes(self, key: ConversationKey, texts: list[str]) -> list[StoredMessage]:
         """Wait until the stored conversation holds ``texts`` (the answer is stored after its last edit lands)."""
-        return await poll(lambda: self.store.recent_history(key), lambda got: [m.text for m in got] == texts,
-                          f"{key} to hold {texts}")
+        return await poll(
+            lambda: self.store.recent_history(key), lambda got: [m.text for m in got] == texts, f"{key} to hold {texts}"
+        )
 
     def chain(self, message_id: str) -> list:
         """The bot's replies to a message: the first replies to it, each later one to the one before."""
@@ -133,7 +132,12 @@ def checkpoints_fixture(tmp_path: Path) -> Path:
 @pytest.fixture(name="manager")
 def manager_fixture(store: Store, generator: FakeGenerator, checkpoints: Path) -> ConversationManager:
     return ConversationManager(
-        store, generator, _TOKENIZER, AdminPolicy({"discord": [p.ADMIN_ID]}), RateLimiter(1000), checkpoints,
+        store,
+        generator,
+        _TOKENIZER,
+        AdminPolicy({"discord": [p.ADMIN_ID]}),
+        RateLimiter(1000),
+        checkpoints,
         ManagerConfig(defaults=DEFAULTS, request_timeout_s=60, summarize_default=SUMMARIZE_DEFAULT),
     )
 

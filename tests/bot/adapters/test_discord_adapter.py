@@ -166,8 +166,9 @@ async def test_the_gateway_dropping_mid_answer_resumes_and_the_answer_arrives_ex
 
 async def test_deleted_messages_and_a_removed_guild_are_purged_from_storage(bot: Bot) -> None:
     before_restart = "1599999999999999999"  # stored by an earlier run: this client never saw the message
-    await bot.store.add_message(GUILD_CHANNEL, role=Role.USER, author_id=p.USER_ID, text="old question",
-                                platform_message_id=before_restart)
+    await bot.store.add_message(
+        GUILD_CHANNEL, role=Role.USER, author_id=p.USER_ID, text="old question", platform_message_id=before_restart
+    )
     in_channel = await bot.mention("delete me")
     in_thread = await bot.mention("delete me too", channel=p.THREAD_ID)
     in_dm = p.message(p.DM_CHANNEL_ID, p.ALICE, "a private word", guild_id=None)
@@ -190,8 +191,11 @@ async def test_deleted_messages_and_a_removed_guild_are_purged_from_storage(bot:
 
     await bot.discord.dispatch("GUILD_DELETE", {"id": p.GUILD_ID})
     purge = [("tenant.purge", p.GUILD_ID)]  # audited after the purge: once it is there, the purge is done
-    await poll(lambda: bot.store.audit_entries(platform="discord"),
-               lambda got: [(a.action, a.target) for a in got] == purge, "the purge's audit entry")
+    await poll(
+        lambda: bot.store.audit_entries(platform="discord"),
+        lambda got: [(a.action, a.target) for a in got] == purge,
+        "the purge's audit entry",
+    )
     assert await texts(GUILD_CHANNEL) == [] and await texts(THREAD) == []
     assert await texts(dm) == ["The answer is 4."]  # a DM is not the guild's
 

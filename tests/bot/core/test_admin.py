@@ -29,7 +29,12 @@ USER = Incoming(platform="discord", tenant="g1", channel="c1", author_id="u1", t
 
 def build(store: Store, generator: FakeGenerator, checkpoints: Path, defaults: ChannelConfig = DEFAULTS):
     return ConversationManager(
-        store, generator, TOKENIZER, AdminPolicy({"discord": ["admin"]}), RateLimiter(100), checkpoints,
+        store,
+        generator,
+        TOKENIZER,
+        AdminPolicy({"discord": ["admin"]}),
+        RateLimiter(100),
+        checkpoints,
         ManagerConfig(defaults=defaults),
     )
 

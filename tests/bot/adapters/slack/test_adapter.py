@@ -42,9 +42,7 @@ async def test_a_follow_up_in_the_thread_continues_the_conversation(fake_slack, 
     assert "### Instruction:\nWhat is 2+2?" in TOKENIZER.decode(generator.prompts[1])
 
 
-async def test_a_direct_message_is_answered_in_the_dm_and_filed_under_the_workspace(
-    fake_slack, manager, store
-) -> None:
+async def test_a_direct_message_is_answered_in_the_dm_and_filed_under_the_workspace(fake_slack, manager, store) -> None:
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(direct_message("hello there", TS, user="U7")))
         await eventually(lambda: fake_slack.thread("D1", None) == [ANSWER], what="the DM answer")
@@ -59,8 +57,14 @@ async def test_bot_messages_and_edits_are_ignored(fake_slack, manager, generator
             direct_message("bot message", "1700000002.000001", subtype="bot_message"),
             direct_message("edited", "1700000003.000001", subtype="message_changed"),
             {**mention("a bot mentions us", "1700000004.000001"), "bot_id": "B2"},
-            {"type": "message", "channel": "C1", "user": "U1", "text": "chatter", "ts": "1700000005.000001",
-             "channel_type": "channel"},
+            {
+                "type": "message",
+                "channel": "C1",
+                "user": "U1",
+                "text": "chatter",
+                "ts": "1700000005.000001",
+                "channel_type": "channel",
+            },
         ]
         envelopes = [await fake_slack.send("events_api", event_callback(event)) for event in ignored]
         await eventually(lambda: all(e in fake_slack.acks for e in envelopes), what="acks")
@@ -96,8 +100,9 @@ async def test_a_redelivered_event_is_answered_once_and_a_lone_retry_is_answered
         await eventually(lambda: len(deliveries) == 2, what="the retry checked")
         # The first delivery of this one was lost: its retry is all we get, and it must be answered.
         lone_ts = "1700000200.000100"
-        await fake_slack.send("events_api", event_callback(mention("Lost?", lone_ts), event_id="Ev-lone"),
-                              retry_attempt=2)
+        await fake_slack.send(
+            "events_api", event_callback(mention("Lost?", lone_ts), event_id="Ev-lone"), retry_attempt=2
+        )
         await eventually(lambda: fake_slack.thread("C1", lone_ts) == [ANSWER], what="the lone retry")
         await eventually(lambda: len(deliveries) == 3, what="the lone retry checked")
     assert deliveries == [("Ev-dup", True), ("Ev-dup", False), ("Ev-lone", True)]
@@ -144,8 +149,9 @@ async def test_broadcasts_and_mentions_in_model_output_notify_nobody(fake_slack,
         await fake_slack.send("events_api", event_callback(mention("say something", TS)))
         await eventually(lambda: any(t.endswith("&gt;.") for t in fake_slack.thread("C1", TS)), what="the text")
     shown = fake_slack.thread("C1", TS)[0]
-    assert shown == ("Hey &lt;!channel&gt;, &lt;!here&gt; and &lt;!everyone&gt;: ask &lt;@U2&gt; &amp; "
-                     "&lt;#C9|general&gt;.")
+    assert shown == (
+        "Hey &lt;!channel&gt;, &lt;!here&gt; and &lt;!everyone&gt;: ask &lt;@U2&gt; &amp; &lt;#C9|general&gt;."
+    )
     for call in fake_slack.called("chat.update") + fake_slack.called("chat.postMessage"):
         assert "<" not in call.args["text"] and call.args["parse"] == "none"
 
@@ -155,8 +161,9 @@ async def test_an_8000_character_answer_arrives_complete_and_in_order(fake_slack
     assert len(generator.answer.strip()) > 8_000
     async with running(manager, socket_config(fake_slack)):
         await fake_slack.send("events_api", event_callback(mention("a lot", TS)))
-        await eventually(lambda: " ".join(fake_slack.thread("C1", TS)) == generator.answer.strip(),
-                         what="the whole answer")
+        await eventually(
+            lambda: " ".join(fake_slack.thread("C1", TS)) == generator.answer.strip(), what="the whole answer"
+        )
     shown = fake_slack.thread("C1", TS)
     assert len(shown) == 3 and all(len(text) <= 3_800 for text in shown)
 

@@ -1,7 +1,7 @@
 """Reading OpenAI's TensorFlow GPT-2 release without TensorFlow, against a checkpoint TensorFlow itself wrote.
 
-The fixture (tests/llm/fixtures/tf_gpt2, made by make_tf_gpt2.py with tensorflow 2.21) has OpenAI's variable names
-and shapes; the values it saved are also in tf_gpt2_expected.npz, written by NumPy. The converted model is checked
+The fixture (fixtures/tf_gpt2, made by make_tf_gpt2.py with tensorflow 2.21) has OpenAI's variable names and
+shapes; the values it saved are also in tf_gpt2_expected.npz, written by NumPy. The converted model is checked
 against Hugging Face `transformers` given the same values under its own names, an independent path.
 """
 

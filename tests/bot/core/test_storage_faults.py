@@ -50,7 +50,12 @@ def build(
     store: Store, generator: FakeGenerator, checkpoints: Path, *, per_minute: int = 100, **config: object
 ) -> ConversationManager:
     return ConversationManager(
-        store, generator, TOKENIZER, AdminPolicy({}), RateLimiter(per_minute), checkpoints,
+        store,
+        generator,
+        TOKENIZER,
+        AdminPolicy({}),
+        RateLimiter(per_minute),
+        checkpoints,
         ManagerConfig(defaults=DEFAULTS, request_timeout_s=30, **config),  # type: ignore[arg-type]
     )
 

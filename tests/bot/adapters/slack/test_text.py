@@ -37,9 +37,20 @@ def test_plain_turns_slack_markup_into_what_a_reader_sees() -> None:
 
 def test_redaction_scrubs_configured_secrets_token_shapes_and_token_fields() -> None:
     redactor = SecretRedactingFilter(["s3cr3t-signing", None, ""], [SLACK_TOKEN])
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "secret %s, bot %s, body %s, form %s", (
-        "s3cr3t-signing", "xoxb-1-2-abc", '{"token": "verif123", "x": 1}', "token=verif456&user_id=U1",
-    ), None)
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "secret %s, bot %s, body %s, form %s",
+        (
+            "s3cr3t-signing",
+            "xoxb-1-2-abc",
+            '{"token": "verif123", "x": 1}',
+            "token=verif456&user_id=U1",
+        ),
+        None,
+    )
     assert redactor.filter(record)
     message = record.getMessage()
     for secret in ("s3cr3t-signing", "xoxb-1-2-abc", "verif123", "verif456"):

@@ -1,4 +1,5 @@
-"""The continuous-batching engine against the one-sequence reference loop `llm.generate.generate_tokens`."""
+"""The continuous-batching engine: a request in a crowded batch generates what it generates alone (a fresh engine of
+one row), joining and leaving mid-batch, sampling with its own seed, failing alone."""
 
 from __future__ import annotations
 

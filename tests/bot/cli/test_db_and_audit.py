@@ -111,7 +111,12 @@ async def _an_admin_reloads_and_is_refused(url: str, checkpoints: Path) -> None:
 
     async with open_store(url) as store:
         manager = ConversationManager(
-            store, FakeGenerator(), Tokenizer(), AdminPolicy({"discord": ["admin"]}), RateLimiter(10), checkpoints,
+            store,
+            FakeGenerator(),
+            Tokenizer(),
+            AdminPolicy({"discord": ["admin"]}),
+            RateLimiter(10),
+            checkpoints,
             ManagerConfig(defaults=ChannelConfig(100, 0.0, None, None, 10)),
         )
         for who in ("admin", "mallory"):
