@@ -6,7 +6,7 @@ attention implementation (printed). Every peer generates --new-tokens tokens gre
 same chapter-7 prompt (one worked example and the next record's instruction in the Alpaca template, 127 tokens).
 End-of-text stops nobody: Hugging Face runs without an eos id, and our runs are checked to have made every token.
 
-The peers are Hugging Face fp32 and ours in fp32, bf16 and int8 (`llm.quantize`). After one warm-up each, the
+The peers are Hugging Face fp32 and ours in fp32, bf16 and int8 (`llm.decoding.quantize`). After one warm-up each, the
 rounds interleave the peers, the order rotating every round, so slow drifts of the machine hit all alike. The cores
 may be shared: two busy OpenMP threads slow down up to tenfold while another process takes one of them, so every
 round also records the CPU time its threads got; a round that got less than CLEAN_SHARE of its cores is shown in

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     history_messages: int = Field(20, ge=0, le=200)  # stored messages read back for a prompt
     summarize_default: int = Field(50, ge=1, le=SUMMARIZE_MAX)  # messages `summarize` reads when no count is given
     rate_limit_per_minute: int = Field(10, ge=1)  # messages one user may send per minute
-    retention_days: int = Field(30, ge=0, le=36500)  # stored messages older than this are deleted daily; 0 keeps them
+    # Stored messages older than this many days are deleted (checked every 6 hours); 0 keeps them.
+    retention_days: int = Field(30, ge=0, le=36500)
     watch_checkpoints: bool = False  # reload when a new file appears in checkpoints_dir and passes the checks
     watch_interval_s: float = Field(30.0, gt=0, le=86400, allow_inf_nan=False)
 

@@ -1,7 +1,7 @@
 """``scratchbot finetune``: chapter 7's instruction finetuning as one command.
 
-Registered in `bot.cli.main.COMMANDS`. Parse, call `llm.finetune.finetune`, print where things went; what the user
-can fix becomes one line (`bot.cli.common.UserError`).
+Registered in `bot.cli.main.COMMANDS`. Parse, call `llm.training.finetune.finetune`, print where things went; what
+the user can fix becomes one line (`bot.cli.common.UserError`).
 """
 
 from __future__ import annotations

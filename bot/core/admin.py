@@ -1,5 +1,5 @@
 """Admin commands: `reload [name]` swaps the model, `settings [key value]` changes a channel's settings. Both are
-admin-only (see `bot.auth`), bounded in what they accept, and audited, refusals included.
+admin-only (see `bot.core.auth`), bounded in what they accept, and audited, refusals included.
 
 A reload to a model with a shorter context lowers every stored `max_new_tokens` that no longer fits, and says so in
 its answer and in the audit log: a setting chosen for a bigger model must not make a channel fail every message.

@@ -1,6 +1,6 @@
 """The thread that owns the models: it runs their `Engine`s and hands results back to the event loop.
 
-`bot.inference.LocalGenerator` is the asyncio face; this is the other side of its queue. The loop thread calls
+`bot.inference.local.LocalGenerator` is the asyncio face; this is the other side of its queue. The loop thread calls
 `submit`, `cancel`, `swap`, `stop` and `abort`, which only touch the few fields guarded by one lock and wake the
 thread; everything else (engines, requests in flight) belongs to the thread alone. Results travel back in batches
 through ``loop.call_soon_threadsafe``: one call per admission or decode step, not one per token per request.

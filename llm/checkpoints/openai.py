@@ -129,7 +129,7 @@ def convert_openai_checkpoint(
     """Convert a GPT-2 release directory (``hparams.json`` + ``model.ckpt.*``) to the project's safetensors file.
 
     Every tensor is checked against the CRC32C in the index; a damaged data file raises
-    `llm.tf_bundle.CorruptTensorError`, which a downloader answers by fetching it again.
+    `llm.checkpoints.tf_bundle.CorruptTensorError`, which a downloader answers by fetching it again.
     """
     directory = Path(directory)
     hparams_file = directory / "hparams.json"

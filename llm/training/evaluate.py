@@ -1,7 +1,7 @@
 """``scratchbot evaluate``: chapter 7's evaluation. Answer the test split, save the answers, let a judge score them.
 
-1. The data is read and split as finetuning reads and splits it (`llm.data`): in file order, the first 85% train,
-   the next 10% test, the rest validation (1,100 records -> 935 / 110 / 55).
+1. The data is read and split as finetuning reads and splits it (`llm.training.data`): in file order, the first 85%
+   train, the next 10% test, the rest validation (1,100 records -> 935 / 110 / 55).
 2. Each record's prompt is the shared Alpaca template (`llm.prompts.render_prompt`, which ends with the response
    header; the book's loop lets the model write that header itself). Answers are greedy, several prompts at a time
    (`llm.decoding.runs.generate_all`, on the engine the service uses), cleaned as the bot cleans them
@@ -65,7 +65,7 @@ class EvaluationError(Exception):
 
 
 def select(records: Sequence[Record], split: str) -> list[Record]:
-    """One part of the book's split (`llm.data.split_records`), or every record for ``"all"``."""
+    """One part of the book's split (`llm.training.data.split_records`), or every record for ``"all"``."""
     if split == "all":
         return list(records)
     if split not in SPLITS:

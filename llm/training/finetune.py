@@ -1,9 +1,9 @@
 """Instruction finetuning as chapter 7 does it, as one call: data -> model -> training -> checkpoint, plot, history.
 
 The defaults are the book's (batch 8, AdamW lr 5e-5 weight decay 0.1, 2 epochs, seed 123, max length 1024, the
-85/10/5 split). ``exact=True`` runs the book's own loop (`llm.training.train_exact`); the default runs the fast loop
-that optimises the same loss. What comes out: the checkpoint in safetensors (and the book's ``.pth`` on request), with
-LoRA adapters merged, a loss plot (PNG) and the losses as JSON, all next to the checkpoint.
+85/10/5 split). ``exact=True`` runs the book's own loop (`llm.training.loops.train_exact`); the default runs the fast
+loop that optimises the same loss. What comes out: the checkpoint in safetensors (and the book's ``.pth`` on request),
+with LoRA adapters merged, a loss plot (PNG) and the losses as JSON, all next to the checkpoint.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The two training loops behind `llm.finetune`: the book's, step for step, and a fast one with the same objective.
+"""The two training loops behind `llm.training.finetune`: the book's, step for step, and a fast one with the same
+objective.
 
 `train_exact` is chapter 7's ``train_model_simple``: the book's DataLoaders (``torch.manual_seed`` before them and
 again before training, shuffled training batches with ``drop_last``), ``calc_loss_batch`` (cross-entropy over the

@@ -10,7 +10,8 @@ from llm.decoding.sampling import SamplingParams
 from llm.prompts import RESPONSE_STOPS, clean_response, render_prompt
 from tests.llm.conftest import generate_text
 
-DATA_SHA256 = "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"  # /work/shared/data/README.md
+# The sha256 llm/assets/NOTICE.md records for the file copied unmodified.
+DATA_SHA256 = "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"
 SIZE_LIMIT = 50 * 1000 * 1000
 
 

@@ -152,7 +152,7 @@ def test_user_text_and_answers_cannot_carry_template_sections() -> None:
 
 def test_records_longer_than_the_limit_are_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     records = [Record("short", "", "ok"), Record("long " * 200, "", "ok"), Record("also short", "", "fine")]
-    with caplog.at_level(logging.WARNING, logger="llm.data"):
+    with caplog.at_level(logging.WARNING, logger="llm.training.data"):
         dataset = InstructionDataset(records, Tokenizer(), max_length=64)
     assert len(dataset) == 2 and dataset.skipped == 1
     assert "skipped 1 of 3 records longer than 64 tokens" in caplog.text
