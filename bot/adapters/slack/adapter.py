@@ -37,14 +37,14 @@ from bot.adapters.slack.commands import (
     SUMMARIZE_SHORTCUT,
     TRANSLATE_SHORTCUT,
     SlackCommands,
-    conversation_channel,
+    slack_incoming,
 )
 from bot.adapters.slack.config import SlackConfig
 from bot.adapters.slack.reply import ChannelSink, SlackRefusedError, SlackReply
 from bot.adapters.slack.text import SECRETS, plain
 from bot.adapters.streaming import RateLimited
 from bot.core.commands import parse_command
-from bot.core.messages import Core, Incoming
+from bot.core.messages import Core
 from bot.draining import drain
 from storage.records import dm_channel
 
@@ -210,19 +210,10 @@ class SlackAdapter:
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
             transcript = self._commands.reader(reply, channel, event.get("thread_ts"))
-        incoming = Incoming(
-            platform="slack",
-            tenant=team,
-            channel=conversation_channel(channel, user),
-            author_id=user,
-            text=text,
-            command=command,
-            thread=thread,
-            message_id=str(event["ts"]),
-            is_dm=is_dm,
-            transcript=transcript,
+        incoming = slack_incoming(
+            team, user, channel, command, text, thread=thread, message_id=str(event["ts"]), transcript=transcript,
             event_id=str(body["event_id"]) if body.get("event_id") else None,
-        )
+        )  # fmt: skip
         await self._core.handle(incoming, reply)
 
     async def _deleted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:

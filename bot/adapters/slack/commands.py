@@ -75,17 +75,7 @@ class SlackCommands:
         text = str(command.get("text") or "").strip()
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
         transcript = self.reader(reply, channel, None) if name == "summarize" else None
-        incoming = Incoming(
-            platform="slack",
-            tenant=team,
-            channel=conversation_channel(channel, user),
-            author_id=user,
-            text=text,
-            command=name,
-            is_dm=channel.startswith("D"),
-            transcript=transcript,
-        )
-        await self._core.handle(incoming, reply)
+        await self._core.handle(slack_incoming(team, user, channel, name, text, transcript=transcript), reply)
 
     async def _shortcut(self, shortcut: dict[str, Any], respond: Any, command: str) -> None:
         team, user = str(shortcut["team"]["id"]), str(shortcut["user"]["id"])
@@ -97,17 +87,7 @@ class SlackCommands:
             transcript = self.reader(reply, channel, root)
         else:
             text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
-        incoming = Incoming(
-            platform="slack",
-            tenant=team,
-            channel=conversation_channel(channel, user),
-            author_id=user,
-            text=text,
-            command=command,
-            thread=root,
-            is_dm=channel.startswith("D"),
-            transcript=transcript,
-        )
+        incoming = slack_incoming(team, user, channel, command, text, thread=root, transcript=transcript)
         await self._core.handle(incoming, reply)
 
     def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
@@ -164,6 +144,34 @@ class SlackCommands:
             if m.get("text") and m.get("subtype") in (None, "bot_message", "thread_broadcast")
         ]
         return tuple(lines[-limit:])
+
+
+def slack_incoming(
+    team: str,
+    user: str,
+    channel: str,
+    command: str,
+    text: str,
+    *,
+    thread: str = "",
+    message_id: str | None = None,
+    event_id: str | None = None,
+    transcript: TranscriptReader | None = None,
+) -> Incoming:
+    """A Slack request as the core takes it, filed where Slack requests are filed (see `conversation_channel`)."""
+    return Incoming(
+        platform="slack",
+        tenant=team,
+        channel=conversation_channel(channel, user),
+        author_id=user,
+        text=text,
+        command=command,
+        thread=thread,
+        message_id=message_id,
+        event_id=event_id,
+        is_dm=channel.startswith("D"),
+        transcript=transcript,
+    )
 
 
 def conversation_channel(channel: str, user: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
@@ -47,17 +48,13 @@ def test_chat_in_the_terminal(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "scratchbot.db").exists()
 
 
-def test_a_paste_longer_than_the_terminals_line_limit_is_read_whole(tmp_path: Path) -> None:
-    """A terminal's own line editing keeps 4,095 bytes of a line and drops the rest without a word."""
+def type_then_read_what_was_stored(tmp_path: Path, type_it: Callable[[pexpect.spawn], None]) -> list[str]:
+    """Start the terminal chat, let ``type_it`` type one message, wait for the answer, quit; the user turns stored."""
     checkpoint = tmp_path / "tiny.safetensors"
     save_checkpoint(make_model(CONFIG, seed=3), checkpoint)
     child = spawn(tmp_path, SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_MAX_NEW_TOKENS="4")
-    paste = " ".join(f"word{i}" for i in range(1500))  # about 10,000 characters
     try:
-        child.expect_exact("you> ")
-        for start in range(0, len(paste), 500):  # as a terminal delivers a paste: in pieces
-            child.send(paste[start : start + 500])
-        child.sendline("")
+        type_it(child)
         child.expect_exact("bot> ", timeout=120)
         child.expect_exact("you> ", timeout=120)
         child.sendeof()
@@ -65,26 +62,28 @@ def test_a_paste_longer_than_the_terminals_line_limit_is_read_whole(tmp_path: Pa
     finally:
         child.close()
     with sqlite3.connect(tmp_path / "data" / "scratchbot.db") as db:
-        stored = [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
-    assert stored == [paste]
+        return [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
+
+
+def test_a_paste_longer_than_the_terminals_line_limit_is_read_whole(tmp_path: Path) -> None:
+    """A terminal's own line editing keeps 4,095 bytes of a line and drops the rest without a word."""
+    paste = " ".join(f"word{i}" for i in range(1500))  # about 10,000 characters
+
+    def type_it(child: pexpect.spawn) -> None:
+        child.expect_exact("you> ")
+        for start in range(0, len(paste), 500):  # as a terminal delivers a paste: in pieces
+            child.send(paste[start : start + 500])
+        child.sendline("")
+
+    assert type_then_read_what_was_stored(tmp_path, type_it) == [paste]
 
 
 def test_a_multi_line_paste_is_one_message(tmp_path: Path) -> None:
-    checkpoint = tmp_path / "tiny.safetensors"
-    save_checkpoint(make_model(CONFIG, seed=3), checkpoint)
-    child = spawn(tmp_path, SCRATCHBOT_CHECKPOINT=str(checkpoint), SCRATCHBOT_MAX_NEW_TOKENS="4")
-    try:
+    def type_it(child: pexpect.spawn) -> None:
         child.expect_exact("\x1b[?2004h")  # the terminal is asked to mark pastes (it only does when asked)
         child.expect_exact("you> ")
         # What a terminal then sends for a paste of three lines.
         child.send("\x1b[200~Summarize this:\rfirst line\rsecond line\x1b[201~")
         child.send("\r")
-        child.expect_exact("bot> ", timeout=120)
-        child.expect_exact("you> ", timeout=120)
-        child.sendeof()
-        child.expect(pexpect.EOF)
-    finally:
-        child.close()
-    with sqlite3.connect(tmp_path / "data" / "scratchbot.db") as db:
-        stored = [text for (text,) in db.execute("SELECT text FROM messages WHERE role = 'user'")]
-    assert stored == ["Summarize this:\nfirst line\nsecond line"]
+
+    assert type_then_read_what_was_stored(tmp_path, type_it) == ["Summarize this:\nfirst line\nsecond line"]
