@@ -17,7 +17,7 @@ from storage.migrate import (
     upgrade_database,
 )
 from storage.models import Base
-from storage.records import ConversationKey
+from storage.records import ConversationKey, dm_tenant
 from storage.store import Store
 
 TABLES = {"conversations", "messages", "channel_settings", "checkpoint_loads", "audit_log", "processed_events"}
@@ -96,3 +96,24 @@ async def test_foreign_keys_are_enforced_again_after_migrating(engine: AsyncEngi
                         "VALUES (424242, 'user', 'u', 'orphan', CURRENT_TIMESTAMP)"
                     )
                 )
+
+
+async def test_terminal_conversations_of_an_earlier_version_become_direct_ones(engine: AsyncEngine) -> None:
+    """0002: the terminal chat files its conversation under the user's direct tenant now; what an earlier version
+    filed under "local" moves there, so it stays in the prompt's history and `forget` deletes it whole."""
+    await upgrade_database(engine)
+    await downgrade_database(engine, "0001")
+    old = ConversationKey("console", "local", "terminal")
+    store = Store(engine)
+    await store.add_message(old, role="user", author_id="ann", text="hello from before")
+    await store.add_message(old, role="assistant", author_id="bot", text="hi ann")
+    bot_only = ConversationKey("console", "local", "elsewhere")
+    await store.add_message(bot_only, role="assistant", author_id="bot", text="no user here")
+
+    await upgrade_database(engine)
+
+    moved = ConversationKey("console", dm_tenant("ann"), "terminal")
+    assert [m.text for m in await store.recent_history(moved)] == ["hello from before", "hi ann"]
+    assert await store.recent_history(old) == []
+    assert [m.text for m in await store.recent_history(bot_only)] == ["no user here"]  # no owner: left alone
+    assert await store.forget_user("console", "ann") == 2  # whole, the bot's reply included
