@@ -80,6 +80,8 @@ def build_adapters(
                 f"{platform} is configured but its library is missing ({e.name}): "
                 f"pip install 'scratchbot[{platform}]'"  # each platform's extra bears its name
             ) from None
+        except ValueError as e:  # the adapter's own configuration check
+            raise StartupError(f"{platform} cannot start: {e}") from None
     return adapters
 
 

@@ -8,10 +8,11 @@ Every setting is ``SCRATCHBOT_<NAME>`` in the environment or in ``.env`` (see ``
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.core.commands import SUMMARIZE_MAX
@@ -20,6 +21,8 @@ from storage.db import DatabaseTimeouts, sqlite_url
 log = logging.getLogger(__name__)
 
 CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
+VOCAB_SIZE = 50257  # GPT-2's: a top-k above it keeps every token
+SLACK_ADMIN = re.compile(r"[A-Z0-9]+:[A-Z0-9]+")
 
 
 class SettingsError(ValueError):
@@ -34,7 +37,7 @@ class Settings(BaseSettings):
     # --- the model
     checkpoint: Path | None = None  # checkpoint to serve; unset: the newest in checkpoints_dir, else the bundled demo
     checkpoints_dir: Path = Path("data/checkpoints")  # where `reload NAME` looks; names never leave this directory
-    device: str = "cpu"  # cpu, cuda, cuda:N
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")  # cpu, cuda, cuda:N, mps
     precision: Literal["fp32", "bf16", "int8"] = "int8"  # int8 weight-only is the fastest on a CPU
     max_batch: int = Field(8, ge=1, le=64)  # requests decoded together in one forward pass
     queue_size: int = Field(64, ge=1, le=100_000)  # requests waiting beyond the batch; more are told the bot is busy
@@ -43,7 +46,7 @@ class Settings(BaseSettings):
     # --- sampling defaults (channels may override them with `settings`)
     max_new_tokens: int = Field(256, ge=1, le=1024)
     temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)  # 0 = greedy, as chapter 7 evaluates
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=VOCAB_SIZE)
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
 
     # --- conversations
@@ -81,7 +84,7 @@ class Settings(BaseSettings):
     # the shell history)
     judge_api_key: SecretStr | None = None
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case: "debug" works too
     shutdown_grace_s: float = Field(20.0, ge=0, le=3600, allow_inf_nan=False)  # generations may finish this long
 
     @field_validator("discord_admin_ids", "slack_admin_ids", mode="before")
@@ -90,6 +93,52 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("discord_admin_ids")
+    @classmethod
+    def _discord_ids(cls, ids: list[str]) -> list[str]:
+        for user in ids:
+            if not user.isdigit():
+                raise ValueError(f"{user!r} is not a Discord user id; copy the number from the user's profile")
+        return ids
+
+    @field_validator("slack_admin_ids")
+    @classmethod
+    def _slack_ids(cls, ids: list[str]) -> list[str]:
+        for pair in ids:
+            if not SLACK_ADMIN.fullmatch(pair):
+                raise ValueError(f"{pair!r} is not TEAM:USER, e.g. T0123ABC:U0456DEF (workspace id, then member id)")
+        return ids
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_folder(cls, path: Path) -> Path:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; the data directory must be a folder (it is created if missing)")
+        return path
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _slack_complete(self) -> Settings:
+        # Half a Slack configuration would otherwise start the terminal chat, or fail after the model has loaded.
+        given = [name for name in ("slack_app_token", "slack_signing_secret", "slack_mode") if getattr(self, name)]
+        if given and not self.slack_bot_token:
+            raise ValueError(f"{_env(given[0])} is set but SCRATCHBOT_SLACK_BOT_TOKEN (xoxb-...) is not; set it too")
+        if not self.slack_bot_token:
+            return self
+        transport = self.slack_mode or ("socket" if self.slack_app_token else "http")
+        if transport == "socket" and not self.slack_app_token:
+            raise ValueError("Slack Socket Mode needs SCRATCHBOT_SLACK_APP_TOKEN (xapp-...) as well as the bot token")
+        if transport == "http" and not self.slack_signing_secret:
+            raise ValueError(
+                "Slack needs SCRATCHBOT_SLACK_APP_TOKEN (Socket Mode) or SCRATCHBOT_SLACK_SIGNING_SECRET (HTTP mode) "
+                "as well as the bot token"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
@@ -112,11 +161,11 @@ class Settings(BaseSettings):
 
     @property
     def platforms(self) -> list[str]:
-        """Platforms whose credentials are configured."""
+        """Platforms whose credentials are configured (a half-configured Slack is refused when settings load)."""
         found = []
         if self.discord_token:
             found.append("discord")
-        if self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret):
+        if self.slack_bot_token:
             found.append("slack")
         return found
 
@@ -126,5 +175,16 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        problems = "; ".join(f"SCRATCHBOT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(_problem(err["loc"], err["msg"]) for err in e.errors())
         raise SettingsError(f"invalid settings (environment or .env): {problems}") from None
+
+
+def _env(name: str) -> str:
+    return f"SCRATCHBOT_{name.upper()}"
+
+
+def _problem(location: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    if not location:  # a rule across several settings names them itself
+        return message
+    return f"{_env(str(location[0]))}: {message}"

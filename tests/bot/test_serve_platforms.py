@@ -85,6 +85,16 @@ def test_each_configured_platform_gets_an_adapter_and_a_missing_library_names_th
         build_adapters(None, settings, {"discord": missing, "slack": missing})  # type: ignore[arg-type]
 
 
+def test_an_adapter_that_refuses_its_configuration_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, slack_bot_token=SecretStr("xoxb"), slack_app_token=SecretStr("xapp"))
+
+    def refuses(manager: object, settings: object) -> FakeAdapter:
+        raise ValueError("Slack Socket Mode needs an app-level token")
+
+    with pytest.raises(StartupError, match="^slack cannot start: Slack Socket Mode needs an app-level token$"):
+        build_adapters(None, settings, {"slack": refuses})  # type: ignore[arg-type]
+
+
 async def test_run_serves_the_configured_platforms_instead_of_the_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,3 +106,57 @@ def test_the_judge_key_for_evaluate_is_a_setting_and_kept_secret(
     settings = Settings()
     assert "sk-judge-secret" not in repr(settings)
     assert settings.judge_api_key is not None and settings.judge_api_key.get_secret_value() == "sk-judge-secret"
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [({"SLACK_APP_TOKEN": "xapp-1"}, "SCRATCHBOT_SLACK_APP_TOKEN is set but SCRATCHBOT_SLACK_BOT_TOKEN"),
+     ({"SLACK_SIGNING_SECRET": "s"}, "SCRATCHBOT_SLACK_SIGNING_SECRET is set but SCRATCHBOT_SLACK_BOT_TOKEN"),
+     ({"SLACK_BOT_TOKEN": "xoxb-1"}, "needs SCRATCHBOT_SLACK_APP_TOKEN (Socket Mode) or"),
+     ({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_MODE": "socket", "SLACK_SIGNING_SECRET": "s"}, "Socket Mode needs"),
+     ({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_MODE": "http", "SLACK_APP_TOKEN": "xapp-1"}, "or SCRATCHBOT_SLACK_SIGNING")],
+)  # fmt: skip
+def test_half_a_slack_configuration_is_refused_rather_than_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: dict[str, str], refused: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in values.items():
+        monkeypatch.setenv(f"SCRATCHBOT_{name}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert refused in str(caught.value) and "Value error" not in str(caught.value)
+    assert not any(secret in str(caught.value) for secret in ("xoxb-1", "xapp-1"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [("DEVICE", "gpu", "SCRATCHBOT_DEVICE"), ("DEVICE", "cuda:x", "SCRATCHBOT_DEVICE"),
+     ("DISCORD_ADMIN_IDS", "123,@alice", "'@alice' is not a Discord user id"),
+     ("SLACK_ADMIN_IDS", "U0456DEF", "'U0456DEF' is not TEAM:USER"),
+     ("TOP_K", "50258", "SCRATCHBOT_TOP_K")],
+)  # fmt: skip
+def test_ids_and_names_the_bot_could_never_match_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str, refused: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"SCRATCHBOT_{name}", value)
+    with pytest.raises(SettingsError, match=refused):
+        load_settings()
+
+
+def test_accepted_forms_of_device_ids_and_log_level(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_DEVICE", "cuda:1")
+    monkeypatch.setenv("SCRATCHBOT_DISCORD_ADMIN_IDS", "123456789012345678")
+    monkeypatch.setenv("SCRATCHBOT_SLACK_ADMIN_IDS", "T0123ABC:U0456DEF")
+    monkeypatch.setenv("SCRATCHBOT_LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert (settings.device, settings.log_level) == ("cuda:1", "DEBUG")
+
+
+def test_a_data_directory_that_is_a_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").write_text("not a folder")
+    monkeypatch.setenv("SCRATCHBOT_DATA_DIR", "data")
+    with pytest.raises(SettingsError, match="SCRATCHBOT_DATA_DIR: data is a file"):
+        load_settings()

@@ -92,7 +92,7 @@ def test_a_hung_database_server_is_named_with_the_reason(capsys, monkeypatch) ->
 
 def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     (tmp_path / "a-file").write_text("not a directory")
-    monkeypatch.setenv("SCRATCHBOT_DATA_DIR", str(tmp_path / "a-file"))
+    monkeypatch.setenv("SCRATCHBOT_DATA_DIR", str(tmp_path / "a-file" / "data"))  # cannot be created
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scratchbot: error: cannot use the data directory") and "SCRATCHBOT_DATA_DIR" in err
@@ -143,3 +143,10 @@ def test_audit_shows_what_admins_did_and_what_was_loaded(tmp_path: Path, capsys)
     assert (load["name"], load["succeeded"], load["requested_by"]) == ("next.safetensors", True, "discord:admin")
     assert main(["audit", "--database-url", url, "--tenant", "elsewhere"]) == 0
     assert capsys.readouterr().out == "nothing recorded yet\n"
+
+
+def test_audit_of_a_database_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "typo.db"
+    assert main(["audit", "--database-url", sqlite_url(missing)]) == 2
+    assert f"no database at {missing}" in capsys.readouterr().err
+    assert not missing.exists()
