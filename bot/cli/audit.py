@@ -29,11 +29,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Print the admin audit log (or, with --loads, the checkpoint loads), newest first."""
     import asyncio
 
-    from storage.db import StorageError
+    from storage.db import StorageError, sqlite_file
     from storage.store import open_store
 
     settings = settings_for(args)
     url = args.database_url or settings.resolved_database_url
+    try:
+        database_file = sqlite_file(url)
+    except StorageError as e:
+        raise UserError(str(e)) from None
+    if database_file is not None and not database_file.is_file():
+        # Reading must not leave behind an empty database where the user mistyped a path.
+        raise UserError(f"no database at {database_file}; point --database-url or SCRATCHBOT_DATA_DIR at the bot's one")
 
     async def read() -> list[Any]:
         async with open_store(url, settings.database_timeouts) as store:
