@@ -117,8 +117,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     except (DataError, FinetuneError, FloatingPointError) as e:
         raise UserError(str(e)) from None
     history = result.history
+    steps = len(history.step_losses)
     print(
-        f"trained {len(history.step_losses)} steps on {result.examples['train']} records in {result.seconds:.1f} s "
+        f"trained {steps} step{'' if steps == 1 else 's'} on {result.examples['train']} records "
+        f"in {result.seconds:.1f} s "
         f"({result.device}, {result.precision}, {history.tokens_per_second:,.0f} tokens/s); "
         f"train loss {result.train_loss:.3f}, validation loss {result.val_loss:.3f}"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -176,6 +177,10 @@ def _check(config: FinetuneConfig) -> None:
     for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_batches"):
         if getattr(config, name) < 1:
             raise FinetuneError(f"{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    floats = (("--lr", config.lr), ("--weight-decay", config.weight_decay), ("--lora-alpha", config.lora_alpha))
+    for flag, value in floats:
+        if not math.isfinite(value):
+            raise FinetuneError(f"{flag} must be a finite number, got {value}")
     if config.lr <= 0 or config.weight_decay < 0 or config.eval_every < 0 or config.lora_rank < 0:
         raise FinetuneError("lr must be positive; weight decay, eval-every and lora-rank must not be negative")
     if config.max_steps is not None and config.max_steps < 1:
@@ -186,6 +191,11 @@ def _check(config: FinetuneConfig) -> None:
         raise FinetuneError("--exact runs the book's fp32 loop; drop --grad-accum, --compile and --precision bf16")
     if config.out.is_dir():
         raise FinetuneError(f"--out {config.out} is a directory; give the checkpoint's file name, e.g. sft.safetensors")
+    if config.save_book and config.out.suffix == ".pth":
+        raise FinetuneError(
+            f"--out {config.out} ends in .pth, which is where --save-book writes the book's file; "
+            "give --out a .safetensors name"
+        )
 
 
 def _device(requested: str) -> str:

@@ -46,6 +46,7 @@ def test_finetune_a_tiny_model_then_generate_with_it(data: Path, tmp_path: Path,
 def test_finetune_continues_from_a_checkpoint_with_lora(data: Path, tmp_path: Path, capsys) -> None:
     base = tmp_path / "base.safetensors"
     assert main(["finetune", *TINY, "--data", str(data), "--out", str(base), "--max-steps", "1", "--quiet"]) == 0
+    assert "trained 1 step on 25 records" in capsys.readouterr().out
     out = tmp_path / "lora.safetensors"
     argv = ["finetune", "--checkpoint", str(base), "--data", str(data), "--out", str(out), "--lora-rank", "2"]
     assert main([*argv, "--max-steps", "1", "--mask-instruction", "--no-plot", "--quiet"]) == 0
@@ -69,3 +70,23 @@ def test_bad_options_are_user_errors(data: Path, tmp_path: Path, capsys) -> None
     assert "unknown model preset" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --checkpoint and --init exclude each other
         main(["finetune", "--init", "gpt2-small", "--checkpoint", out, "--out", out])
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [(["--lr", "inf"], "--lr must be a finite number"), (["--lr", "nan"], "--lr must be a finite number"),
+     (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+     (["--lora-rank", "2", "--lora-alpha", "inf"], "--lora-alpha must be a finite number")],
+)  # fmt: skip
+def test_numbers_that_would_train_nothing_but_nan_are_refused(
+    data: Path, tmp_path: Path, capsys, extra: list[str], refused: str
+) -> None:
+    out = tmp_path / "x.safetensors"
+    assert main(["finetune", *TINY, "--data", str(data), "--out", str(out), *extra, "--quiet"]) == 2
+    assert refused in capsys.readouterr().err and not out.exists()
+
+
+def test_save_book_never_writes_over_the_checkpoint_itself(data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sft.pth"
+    assert main(["finetune", *TINY, "--data", str(data), "--out", str(out), "--save-book", "--quiet"]) == 2
+    assert "give --out a .safetensors name" in capsys.readouterr().err and not out.exists()
