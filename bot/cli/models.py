@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 JUDGE_API_KEY_ENV = "SCRATCHBOT_JUDGE_API_KEY"  # a setting: a key on the command line would land in the shell history
 EVAL_SPLITS = ("test", "validation", "train", "all")  # llm.evaluate.SPLITS, without importing torch for --help
+MAX_EVAL_BATCH = 64  # more buys no speed on CPU and can exhaust a GPU's memory on long answers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_n_heads_option(p)
     p.add_argument("--data", type=Path, help="Alpaca-style JSON or JSON lines (default: the bundled chapter-7 data)")
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which part of the book's 85/10/5 split")
-    p.add_argument("--out", type=Path, help="default: <data name>-with-response.json beside --data, or here")
+    p.add_argument("--out", type=Path, help="default: <data name>[-<split>]-with-response.json beside --data, or here")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: SCRATCHBOT_MAX_NEW_TOKENS (256)")
     add_runtime_options(p)
@@ -121,11 +122,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.judge_url) != bool(args.judge_model):
         raise UserError("give both --judge-url and --judge-model to score the answers, or neither")
-    if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
-        raise UserError("--batch-size and --max-new-tokens must be at least 1")
+    if args.responses and not args.judge_url:
+        raise UserError("--responses scores answers already written; give --judge-url and --judge-model too")
+    if not 1 <= args.batch_size <= MAX_EVAL_BATCH or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise UserError(f"--batch-size must be 1..{MAX_EVAL_BATCH} and --max-new-tokens at least 1")
     settings = settings_for(args)
     progress = False if args.quiet else None
     try:
+        # Built first so that a bad judge URL or timeout is refused before minutes of generation.
+        judge = None
+        if args.judge_url:
+            judge = Judge(
+                url=args.judge_url,
+                model=args.judge_model,
+                api=args.judge_api,
+                api_key=settings.judge_api_key.get_secret_value() if settings.judge_api_key else None,
+                timeout=args.judge_timeout,
+            )
         if args.responses:
             records = load_responses(args.responses)
         else:
@@ -139,17 +152,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 model, chosen, batch_size=args.batch_size, max_new_tokens=max_new_tokens, progress=progress
             )
             # Beside the user's data, as the book does; the bundled data's folder is the installed package: not there.
-            default_out = responses_path(data) if args.data else Path(responses_path(data).name)
-            out = write_responses(records, args.out or default_out)
+            default_out = responses_path(data, args.split)
+            out = write_responses(records, args.out or (default_out if args.data else Path(default_out.name)))
             print(f"wrote {len(records)} responses to {out}")
-        if args.judge_url:
-            judge = Judge(
-                url=args.judge_url,
-                model=args.judge_model,
-                api=args.judge_api,
-                api_key=settings.judge_api_key.get_secret_value() if settings.judge_api_key else None,
-                timeout=args.judge_timeout,
-            )
+        if judge is not None:
             report = score_responses(records, judge, progress=progress)
             _print_scores(report, len(records), args.judge_model)
     except (EvaluationError, DataError) as e:

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,13 @@ def download_gpt2(
     size = release_name(name)
     if not base_urls:
         raise DownloadError("no base URL to download from; leave the default or pass one")
+    for base in base_urls:
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise DownloadError(f"base URL {base!r} is not an http:// or https:// address")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise DownloadError(f"{directory} is a file; give a folder for the download (it is created if missing)")
     release = directory / size
     label = name if name in MODEL_SIZES else f"gpt2-{size}"
     dst = directory / f"{label}.safetensors"

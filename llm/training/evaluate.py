@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -93,10 +95,13 @@ def load_responses(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return data
 
 
-def responses_path(data_path: str | os.PathLike[str]) -> Path:
-    """Where the answers go by default: beside the data, ``<stem>-with-response.json`` as the book names it."""
+def responses_path(data_path: str | os.PathLike[str], split: str = "test") -> Path:
+    """Where the answers go by default: beside the data, ``<stem>-with-response.json`` as the book names it for
+    the test split; other splits put their name in (``<stem>-validation-with-response.json``) so that they
+    never overwrite the test split's answers."""
     data_path = Path(data_path)
-    return data_path.with_name(f"{data_path.stem}-with-response.json")
+    part = "" if split == "test" else f"-{split}"
+    return data_path.with_name(f"{data_path.stem}{part}-with-response.json")
 
 
 def write_responses(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -159,6 +164,13 @@ class Judge:
     timeout: float = 120.0  # seconds for one answer
     retries: int = 2  # extra tries after a server error (5xx, 429) or a dropped connection
     backoff: float = 1.0  # seconds before the first retry, doubled each time
+
+    def __post_init__(self) -> None:
+        scheme = urllib.parse.urlsplit(self.url).scheme
+        if scheme not in ("http", "https"):
+            raise EvaluationError(f"--judge-url must start with http:// or https://, got {self.url!r}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise EvaluationError(f"--judge-timeout must be a positive number of seconds, got {self.timeout}")
 
     @property
     def endpoint(self) -> str:

@@ -273,3 +273,18 @@ def test_cli_download_of_an_unknown_model_is_a_one_line_error(tmp_path: Path, ca
     assert main(["download", "gpt2-huge", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scratchbot: error: unknown model 'gpt2-huge'") and "\n" not in err
+
+
+@pytest.mark.parametrize("base", ["ftp://mirror.example/gpt2", "openaipublic.blob.core.windows.net/gpt-2/models", ""])
+def test_a_base_url_that_is_not_http_is_refused_before_anything_is_written(tmp_path: Path, base: str) -> None:
+    with pytest.raises(DownloadError, match="is not an http:// or https:// address"):
+        download_gpt2("gpt2-small", tmp_path / "models", base_urls=[base])
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_download_into_a_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    not_a_folder = tmp_path / "weights"
+    not_a_folder.write_text("mine")
+    assert main(["download", "gpt2-small", "--dir", str(not_a_folder), "--base-url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file; give a folder" in err and "\n" not in err and not_a_folder.read_text() == "mine"

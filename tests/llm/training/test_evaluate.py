@@ -223,6 +223,18 @@ def test_a_judge_that_keeps_failing_leaves_records_unscored() -> None:
     assert report.scores == [None] and report.average is None and len(fake.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("url", "timeout", "refused"),
+    [("localhost:11434", 1.0, "must start with http:// or https://"),
+     ("file:///etc/passwd", 1.0, "must start with http:// or https://"),
+     ("http://127.0.0.1:9", 0.0, "--judge-timeout must be a positive number"),
+     ("http://127.0.0.1:9", float("nan"), "--judge-timeout must be a positive number")],
+)  # fmt: skip
+def test_a_judge_that_could_never_answer_is_refused_before_any_request(url: str, timeout: float, refused: str) -> None:
+    with pytest.raises(EvaluationError, match=refused):
+        Judge(url, "m", timeout=timeout)
+
+
 def test_a_wrong_model_or_url_stops_with_a_clear_error() -> None:
     fake = FakeJudge([], status=404)
     refused = r"HTTP 404: model 'nope' not found\); check --judge-url.*'nope' exists"
@@ -272,10 +284,12 @@ def test_cli_evaluate_defaults_to_the_bundled_data_and_writes_here(
     monkeypatch.chdir(tmp_path)
     args = ["evaluate", "--checkpoint", str(checkpoint), "--split", "validation", "--max-new-tokens", "1", "--quiet"]
     assert main(args) == 0
-    written = json.loads((tmp_path / "instruction-data-with-response.json").read_text())
+    # Named for its split, so that it never overwrites the test split's answers.
+    written = json.loads((tmp_path / "instruction-data-validation-with-response.json").read_text())
     bundled = json.loads(INSTRUCTION_DATA.read_text())
     assert [r["instruction"] for r in written] == [r["instruction"] for r in bundled[1045:]]  # the book's 55
-    assert f"wrote 55 responses to {Path('instruction-data-with-response.json')}" in capsys.readouterr().out
+    assert f"wrote 55 responses to {Path('instruction-data-validation-with-response.json')}" in capsys.readouterr().out
+    assert not (tmp_path / "instruction-data-with-response.json").exists()
 
 
 def test_cli_evaluate_of_bad_data_is_a_one_line_error(tmp_path: Path, checkpoint: Path, capsys) -> None:
@@ -291,3 +305,25 @@ def test_the_cli_offers_the_splits_the_library_knows() -> None:
     from llm.training.evaluate import SPLITS
 
     assert sorted(EVAL_SPLITS) == sorted(SPLITS)
+
+
+def test_cli_evaluate_refuses_a_bad_judge_before_generating(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    data_file = tmp_path / "instruction-data.json"
+    data_file.write_text(json.dumps(records(40)))
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data_file), "--quiet"]
+    assert main([*argv, "--judge-url", "localhost:11434", "--judge-model", "j"]) == 2
+    assert "--judge-url must start with http://" in capsys.readouterr().err
+    assert not (tmp_path / "instruction-data-with-response.json").exists()  # nothing generated for nothing
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [(["--batch-size", "0"], "--batch-size must be 1..64"), (["--batch-size", "100000"], "--batch-size must be 1..64"),
+     (["--responses", "r.json"], "give --judge-url and --judge-model too")],
+)  # fmt: skip
+def test_cli_evaluate_refuses_options_that_cannot_work(
+    checkpoint: Path, capsys, extra: list[str], refused: str
+) -> None:
+    source = [] if "--responses" in extra else ["--checkpoint", str(checkpoint)]
+    assert main(["evaluate", *source, *extra]) == 2
+    assert refused in capsys.readouterr().err
