@@ -126,7 +126,7 @@ def answer_length_problem(
     can: the one rule for every place an answer length is set (a flag, a setting, a channel's setting, a reload)."""
     limit = max_new_tokens_limit(context_length, encoder, raw=raw)
     prompt = (
-        f"a prompt of {MIN_MESSAGE_TOKENS} tokens"
+        f"the {MIN_MESSAGE_TOKENS} tokens always kept for the prompt"
         if raw
         else f"the prompt template and a short message ({min_prompt_tokens(encoder)} tokens)"
     )

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from bot.cli.common import add_n_heads_option, refuse_overwrite
+from bot.cli.common import UserError, add_n_heads_option, refuse_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,10 @@ def add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from llm.checkpoints.save import convert_checkpoint
+    from llm.checkpoints.save import convert_checkpoint, written_paths
 
+    if args.src.resolve() in {path.resolve() for path in written_paths(args.dst, args.format)} | {args.dst.resolve()}:
+        raise UserError(f"{args.dst} is the checkpoint being converted; write the converted one somewhere else")
     refuse_overwrite(args.dst, args.format, args.force)
     convert_checkpoint(args.src, args.dst, args.format, n_heads=args.n_heads)
     print(f"wrote {args.dst} ({args.format})")

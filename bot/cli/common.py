@@ -115,6 +115,8 @@ def refuse_overwrite(dst: Path, fmt: str, force: bool) -> None:
     """A checkpoint is hours of training: never replace one unless told to."""
     from llm.checkpoints.save import written_paths
 
+    if fmt != "hf" and dst.is_dir():
+        raise UserError(f"{dst} is a directory; give the checkpoint's file path, e.g. {dst / 'model.safetensors'}")
     existing = [path for path in written_paths(dst, fmt) if path.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; give another destination, or --force to overwrite it")

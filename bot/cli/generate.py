@@ -63,6 +63,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+    if params.temperature == 0 and (params.top_k is not None or params.top_p is not None):
+        print("note: top-k and top-p shape sampling; at temperature 0 the answer is greedy and they do nothing. "
+              "Give --temperature above 0 to sample.", file=sys.stderr)  # fmt: skip
     tokenizer = Tokenizer()
     text = prompt if args.raw else render_prompt(prompt, args.input)
     ids, _ = fit_prompt(tokenizer.encode(text), model.config.context_length, params)

@@ -151,7 +151,7 @@ def test_an_answer_length_the_context_cannot_hold_is_refused_not_a_prompt_cut_to
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "128", "Hi")
     assert "--max-new-tokens 128 is too long for this model: a context of 128 tokens holds at most 60" in err
     err = user_error(capsys, "generate", "--checkpoint", str(checkpoint), "--raw", "--max-new-tokens", "128", "Hi")
-    assert "holds at most 96 new tokens beside a prompt of 32 tokens" in err
+    assert "holds at most 96 new tokens beside the 32 tokens always kept for the prompt" in err
     out = run_json(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "--max-new-tokens", "60", "Hi")
     assert out["truncated_prompt_tokens"] == 0 and out["prompt_tokens"] == len(Tokenizer().encode(render_prompt("Hi")))
 
@@ -209,3 +209,23 @@ def test_convert_and_init_model_refuse_to_overwrite_without_force(checkpoint: Pa
     user_error(capsys, "convert", str(checkpoint), str(tmp_path / "hf"), "--format", "hf")
     assert main(["convert", str(checkpoint), str(dst), "--format", "safetensors", "--force"]) == 0
     assert load_checkpoint(dst).config == CONFIG
+
+
+def test_convert_refuses_to_write_over_its_own_source(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "only-copy.safetensors"
+    src.write_bytes(checkpoint.read_bytes())
+    err = user_error(capsys, "convert", str(src), str(src), "--format", "safetensors", "--force")
+    assert "is the checkpoint being converted" in err and src.read_bytes() == checkpoint.read_bytes()
+
+
+def test_convert_into_a_directory_asks_for_a_file_name(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    err = user_error(capsys, "convert", str(checkpoint), str(tmp_path), "--format", "safetensors")
+    assert "is a directory; give the checkpoint's file path" in err and "--force" not in err
+
+
+def test_top_k_without_a_temperature_is_pointed_out(checkpoint: Path, capsys) -> None:
+    assert main(["generate", "--checkpoint", str(checkpoint), "--top-k", "5", "--max-new-tokens", "2", "Hi"]) == 0
+    assert "at temperature 0 the answer is greedy" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(checkpoint), "--top-k", "5", "--temperature", "0.7", "--seed", "1",
+                 "--max-new-tokens", "2", "Hi"]) == 0  # fmt: skip
+    assert "greedy" not in capsys.readouterr().err
