@@ -106,11 +106,13 @@ class UserCommands:
 
     async def model(self, incoming: Incoming, reply: Reply) -> None:
         info, stats = self._generator.info, self._generator.stats()
+        speed = stats.recent_tokens_per_second
         await reply.send(
             f"Model: {info.name} (sha256 {info.sha256[:12]}…), {info.parameters:,} parameters, "
             f"{info.device}, {info.precision}, context {info.context_length} tokens; "
             f"loaded {info.loaded_at:%Y-%m-%d %H:%M:%S} UTC. Queue: {stats.queue_depth} waiting, "
-            f"{stats.active} generating; recent speed {stats.recent_tokens_per_second:.1f} tokens/s."
+            f"{stats.active} generating; "
+            + (f"recent speed {speed:.1f} tokens/s." if speed > 0 else "no answers generated recently.")
         )
 
     async def forget(self, incoming: Incoming, reply: Reply) -> None:

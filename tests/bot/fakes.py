@@ -30,6 +30,7 @@ class FakeGenerator:
         self.reload_error: str | None = None
         self.reload_hold: asyncio.Event | None = None  # when set, a reload waits for it (a slow checkpoint)
         self.reloads_running = 0
+        self.recent_tokens_per_second = 12.5
         self.most_reloads_at_once = 0
         self._context_length = context_length
         self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
@@ -44,7 +45,7 @@ class FakeGenerator:
         return self._info
 
     def stats(self) -> GeneratorStats:
-        return GeneratorStats(queue_depth=0, active=0, recent_tokens_per_second=12.5)
+        return GeneratorStats(queue_depth=0, active=0, recent_tokens_per_second=self.recent_tokens_per_second)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None):
         def submit(handle: GenerationHandle) -> None:

@@ -191,6 +191,12 @@ async def test_model_reports_checkpoint_and_load(manager) -> None:
     assert "12.5 tokens/s" in text and "0 waiting" in text
 
 
+async def test_model_says_idle_rather_than_a_speed_of_zero(manager, generator) -> None:
+    generator.recent_tokens_per_second = 0.0
+    text = (await ask(manager, replace(MSG, command="model"))).sent[0]
+    assert "no answers generated recently" in text and "tokens/s" not in text
+
+
 async def test_forget_deletes_the_callers_messages(manager, store) -> None:
     await ask(manager)
     reply = await ask(manager, replace(MSG, command="forget", text=""))
