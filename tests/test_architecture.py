@@ -17,22 +17,32 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bot", "llm", "storage")
 
 
-def imports(path: Path) -> set[str]:
+def imports(path: Path, root: Path = ROOT) -> set[str]:
     """Every module ``path`` imports, wherever the import statement is (functions and TYPE_CHECKING blocks too):
     ``from a.b import c`` counts as a.b, and as a.b.c where that is a module of ours."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names if _file(f"{node.module}.{alias.name}")}
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(path.relative_to(root), node.level, node.module) if node.level else node.module
+            assert module is not None
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names if _file(f"{module}.{alias.name}", root)}
     return names
 
 
-def _file(module: str) -> Path | None:
+def _absolute(path: Path, level: int, module: str | None) -> str:
+    """``from ..x import y`` in ``path`` (relative to the root), named from the root (``from . import y``: the
+    package)."""
+    package = path.with_suffix("").parts[:-1]  # a package's __init__ is inside it, like a module
+    base = package[: len(package) - (level - 1)]
+    return ".".join((*base, module) if module else base)
+
+
+def _file(module: str, root: Path = ROOT) -> Path | None:
     """The source file of one of our modules (a package: its __init__), or None."""
-    base = ROOT.joinpath(*module.split("."))
+    base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -93,6 +103,17 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("import os\n\ndef f():\n    from slack_sdk.errors import SlackApiError\n    import torch.nn\n")
     assert imports(source) == {"os", "slack_sdk.errors", "torch.nn"}
+
+
+def test_the_checker_names_relative_imports_from_the_root(tmp_path: Path) -> None:
+    """A relative import must not slip past the layer rules: ``from ..adapters import x`` in bot/core is bot's."""
+    for module in ("bot/adapters/slack.py", "bot/core/messages.py", "bot/core/probe.py"):
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).write_text("")
+    source = tmp_path / "bot" / "core" / "probe.py"
+    source.write_text("from ..adapters import slack\nfrom . import messages\nfrom .commands import parse\n")
+    expected = {"bot.adapters", "bot.adapters.slack", "bot.core", "bot.core.messages", "bot.core.commands"}
+    assert imports(source, tmp_path) == expected
 
 
 def test_the_checker_reads_real_edges_and_finds_cycles() -> None:
