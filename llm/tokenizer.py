@@ -63,7 +63,6 @@ class Tokenizer:
     gets the tokens of those characters, never the end-of-text id, which only `eot_id` and the prompt code use."""
 
     eot_id = END_OF_TEXT_ID
-    eot_text = END_OF_TEXT
 
     def __init__(self) -> None:
         self._enc = _encoding()

@@ -114,7 +114,6 @@ class ConsoleAdapter:
             tenant=dm_tenant(self._user),
             channel="terminal",
             author_id=self._user,
-            author_name=self._user,
             text=args,
             command=command,
             message_id=uuid.uuid4().hex,

@@ -148,7 +148,6 @@ class DiscordAdapter:
             channel=where,
             thread=thread,
             author_id=str(author.id),
-            author_name=author.display_name,
             text=text,
             command=command,
             message_id=message_id,

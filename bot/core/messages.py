@@ -48,7 +48,6 @@ class Incoming:
     text: str = ""  # the message (chat) or the command's arguments
     command: str = "chat"  # one of COMMANDS
     thread: str = ""  # "" when not in a thread
-    author_name: str = ""
     message_id: str | None = None  # the platform's id: a redelivered message is answered once
     event_id: str | None = None  # the platform's delivery id (Slack's event_id): a redelivered event is dropped
     is_dm: bool = False

@@ -10,7 +10,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
-SHAPE_FIELDS = ("emb_dim", "n_layers", "n_heads", "context_length")  # what --init may override
 
 
 class FinetuneError(ValueError):
