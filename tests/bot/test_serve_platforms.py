@@ -91,7 +91,7 @@ def test_an_adapter_that_refuses_its_configuration_stops_the_start_in_one_line(t
     def refuses(manager: object, settings: object) -> FakeAdapter:
         raise ValueError("Slack Socket Mode needs an app-level token")
 
-    with pytest.raises(StartupError, match="^slack cannot start: Slack Socket Mode needs an app-level token$"):
+    with pytest.raises(StartupError, match=r"^slack cannot start: Slack Socket Mode needs an app-level token$"):
         build_adapters(None, settings, {"slack": refuses})  # type: ignore[arg-type]
 
 
