@@ -113,6 +113,11 @@ def train_exact(
     history = TrainHistory()
     total = _total_steps(len(train_loader), config)
     bar = _progress(total, config.progress)
+
+    def evaluate() -> tuple[float, float]:
+        train_loss = calc_loss_loader(train_loader, model, config.eval_batches)
+        return train_loss, calc_loss_loader(val_loader, model, config.eval_batches)
+
     global_step = -1
     for _epoch in range(config.epochs):
         model.train()
@@ -124,15 +129,7 @@ def train_exact(
             optimizer.step()
             global_step += 1
             _count(history, inputs, loss.item(), started)
-            if config.eval_every and global_step % config.eval_every == 0:
-
-                def evaluate() -> tuple[float, float]:
-                    train_loss = calc_loss_loader(train_loader, model, config.eval_batches)
-                    return train_loss, calc_loss_loader(val_loader, model, config.eval_batches)
-
-                _evaluate(model, history, global_step, evaluate)
-            _report(bar, history)
-            if global_step + 1 >= total:
+            if _step_done(model, history, bar, config, global_step, total, evaluate):
                 bar.close()
                 return history
     bar.close()
@@ -184,6 +181,11 @@ def train_fast(
     history = TrainHistory()
     total = _total_steps(len(train_set) // n, config)
     bar = _progress(total, config.progress)
+
+    def evaluate() -> tuple[float, float]:
+        train_loss = mean_batch_loss(model, train_eval, device, autocast_dtype, trunk)
+        return train_loss, mean_batch_loss(model, val_eval, device, autocast_dtype, trunk)
+
     step = -1
     for _epoch in range(config.epochs):
         batches = length_grouped_batches(train_set.lengths, n, generator)
@@ -202,15 +204,7 @@ def train_fast(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             _count(history, torch.cat([i.flatten() for i, _ in window]), (step_loss / counted).item(), started)
-            if config.eval_every and step % config.eval_every == 0:
-
-                def evaluate() -> tuple[float, float]:
-                    train_loss = mean_batch_loss(model, train_eval, device, autocast_dtype, trunk)
-                    return train_loss, mean_batch_loss(model, val_eval, device, autocast_dtype, trunk)
-
-                _evaluate(model, history, step, evaluate)
-            _report(bar, history)
-            if step + 1 >= total:
+            if _step_done(model, history, bar, config, step, total, evaluate):
                 bar.close()
                 return history
     bar.close()
@@ -273,6 +267,22 @@ def _count(history: TrainHistory, inputs: torch.Tensor, loss: float, started: fl
     history.step_tokens.append(int((inputs != END_OF_TEXT_ID).sum()))  # text never encodes to 50256: rest is padding
     history.step_positions.append(inputs.numel())
     history.step_seconds.append(time.perf_counter() - started)
+
+
+def _step_done(
+    model: GPTModel,
+    history: TrainHistory,
+    bar: tqdm,
+    config: FinetuneConfig,
+    step: int,
+    total: int,
+    measure: Callable[[], tuple[float, float]],
+) -> bool:
+    """After an optimizer step: evaluate when due, show progress; True once the last step has run."""
+    if config.eval_every and step % config.eval_every == 0:
+        _evaluate(model, history, step, measure)
+    _report(bar, history)
+    return step + 1 >= total
 
 
 def _evaluate(model: GPTModel, history: TrainHistory, step: int, measure: Callable[[], tuple[float, float]]) -> None:
