@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.adapters.console import ConsoleAdapter
-from bot.adapters.platform import PlatformAdapter
+from bot.adapters.platform import CredentialsRevoked, PlatformAdapter, PlatformStartError
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
 from bot.core.checkpoint_names import find_checkpoint
@@ -161,21 +161,24 @@ def check_answer_length(settings: Settings, context_length: int, name: str, enco
 
 
 async def serve_platforms(adapters: list[PlatformAdapter]) -> int:
-    """Run the adapters side by side. A signal closes them all (each lets its answers in progress finish); so does
-    one of them failing or ending, since a bot that silently lost a platform would look alive and answer nobody."""
+    """Run the adapters side by side until a signal, then close them all (each lets its answers in progress finish).
+
+    A platform that cannot start stops the whole service with `StartupError` (a misconfiguration is fixed before
+    serving half of it). A platform that fails while serving (its token revoked, a defect) is logged at ERROR and the
+    others keep serving; once none is left the status is 1, so a supervisor restarts or alerts rather than keep a
+    process that answers nobody. Returns 0 after a requested stop."""
     stopping = asyncio.Event()
     runs = {asyncio.create_task(adapter.run(), name=f"adapter-{adapter.name}"): adapter for adapter in adapters}
     waiter = asyncio.create_task(stopping.wait())
     log.info("serving %s", ", ".join(adapter.name for adapter in adapters))
+    status, serving, failed_start = 0, set(runs), None
     with _stop_on_signals(stopping.set):
-        done, _ = await asyncio.wait({*runs, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    status = 0
-    for task in done - {waiter}:
-        name = runs[task].name
-        if task.exception() is not None:
-            log.error("the %s adapter failed: %s", name, task.exception(), exc_info=task.exception())
-        else:
-            log.error("the %s adapter stopped on its own", name)
+        while serving and not stopping.is_set() and failed_start is None:
+            done, _ = await asyncio.wait({*serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {waiter}:
+                serving.discard(task)
+                failed_start = failed_start or _platform_ended(runs[task].name, task)
+    if not serving:
         status = 1
     waiter.cancel()
     await asyncio.gather(*(_close(adapter) for adapter in adapters))
@@ -183,7 +186,25 @@ async def serve_platforms(adapters: list[PlatformAdapter]) -> int:
         if not task.done():
             task.cancel()
     await asyncio.gather(*runs, return_exceptions=True)
+    if failed_start is not None:
+        raise StartupError(str(failed_start)) from None
+    if status:
+        log.error("no platform is left to serve; stopping")
     return status
+
+
+def _platform_ended(name: str, task: asyncio.Task[None]) -> PlatformStartError | None:
+    """Log why a platform stopped serving; return the error when it never started."""
+    error = task.exception()
+    if isinstance(error, PlatformStartError):
+        return error
+    if isinstance(error, CredentialsRevoked):
+        log.error("the %s adapter stopped: %s", name, error)  # one line: the message says what to do
+    elif error is not None:
+        log.error("the %s adapter failed: %s", name, error, exc_info=error)
+    else:
+        log.error("the %s adapter stopped on its own", name)
+    return None
 
 
 async def _close(adapter: PlatformAdapter) -> None:

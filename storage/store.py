@@ -8,13 +8,13 @@ integrity errors: a failed statement would abort the whole PostgreSQL transactio
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, or_, select
+from sqlalchemy import ColumnElement, delete, exists, false, or_, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -150,18 +150,43 @@ class Store:
             rows = (await session.execute(HISTORY_NEWEST_FIRST, {**asdict(key), "limit": limit})).all()
         return [message_record(row) for row in reversed(rows)]
 
-    async def delete_message(self, *, platform: str, tenant: str, channel: str, platform_message_id: str) -> int:
-        """Delete a message the platform reports deleted (in any thread of the channel); returns how many rows went."""
+    async def delete_messages(
+        self, *, platform: str, tenant: str, channel: str, platform_message_ids: Sequence[str]
+    ) -> int:
+        """Delete messages the platform reports deleted (one, or a moderator's bulk deletion), in any thread of the
+        channel; returns how many rows went."""
+        ids = [check_id("platform_message_id", m) for m in platform_message_ids]
+        if not ids:
+            return 0
         in_channel = select(Conversation.id).where(
             Conversation.platform == platform, Conversation.tenant == tenant, Conversation.channel == channel
         )
         async with self._write() as session:
             return await delete_rows(
                 session,
-                delete(Message).where(
-                    Message.conversation_id.in_(in_channel), Message.platform_message_id == platform_message_id
-                ),
+                delete(Message).where(Message.conversation_id.in_(in_channel), Message.platform_message_id.in_(ids)),
             )
+
+    async def purge_channel(self, platform: str, tenant: str, channel: str, thread: str | None = None) -> int:
+        """The platform deleted a channel (``thread`` None: with all its threads and its channel settings) or one
+        thread: delete its conversations and their messages. Returns the number of messages deleted."""
+        check_id("tenant", tenant)
+        check_id("channel", channel)
+
+        def where(row: type[Conversation] | type[ChannelSetting]) -> ColumnElement[bool]:
+            here = (row.tenant == tenant) & (row.channel == channel)
+            if thread is None:
+                return here
+            # One thread: its conversation only. Settings belong to the channel, which is still there.
+            return here & (Conversation.thread == thread) if row is Conversation else false()
+
+        in_scope = select(Conversation.id).where(Conversation.platform == platform, where(Conversation))
+        async with self._maintain() as session:
+            deleted = await delete_rows(session, delete(Message).where(Message.conversation_id.in_(in_scope)))
+            await delete_conversation_rows(session, platform, where)
+        log.info("purged %s %s on %s: %d messages deleted", "thread" if thread else "channel", thread or channel,
+                 platform, deleted)  # fmt: skip
+        return deleted
 
     # -- privacy and retention -----------------------------------------------------------------------------------
 

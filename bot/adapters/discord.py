@@ -179,7 +179,7 @@ class DiscordAdapter:
         else:
             log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
             return
-        await self._core.message_deleted(PLATFORM, tenant, str(where), str(event.message_id))
+        await self._core.messages_deleted(PLATFORM, tenant, str(where), [str(event.message_id)])
 
     async def _fetch_channel(self, channel_id: int) -> object | None:
         try:

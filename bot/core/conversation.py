@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,8 +202,13 @@ class ConversationManager:
     async def first_delivery(self, platform: str, event_id: str) -> bool:
         return await self._events.first_delivery(platform, event_id)
 
-    async def message_deleted(self, platform: str, tenant: str, channel: str, message_id: str) -> int:
-        return await self._events.message_deleted(platform, tenant, channel, message_id)
+    async def messages_deleted(self, platform: str, tenant: str, channel: str, message_ids: Sequence[str]) -> int:
+        return await self._events.messages_deleted(platform, tenant, channel, message_ids)
+
+    async def channel_deleted(
+        self, platform: str, tenant: str, channel: str, thread: str | None = None, *, reason: str
+    ) -> int:
+        return await self._events.channel_deleted(platform, tenant, channel, thread, reason)
 
     async def tenant_removed(self, platform: str, tenant: str, reason: str) -> int:
         return await self._events.tenant_removed(platform, tenant, reason)

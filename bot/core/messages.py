@@ -8,7 +8,7 @@ as text streams, splitting at the platform's length limit); the core never sees 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,8 +79,15 @@ class Core(Protocol):
     async def handle(self, incoming: Incoming, reply: Reply) -> None:
         """Answer one message or command; never raises."""
 
-    async def message_deleted(self, platform: str, tenant: str, channel: str, message_id: str) -> int:
-        """The platform says a message was deleted: delete the stored copy. Returns rows deleted."""
+    async def messages_deleted(self, platform: str, tenant: str, channel: str, message_ids: Sequence[str]) -> int:
+        """The platform says messages were deleted (one, or a bulk deletion): delete the stored copies. Returns rows
+        deleted."""
+
+    async def channel_deleted(
+        self, platform: str, tenant: str, channel: str, thread: str | None = None, *, reason: str
+    ) -> int:
+        """A channel (``thread`` None: with its threads and settings) or one thread of it was deleted on the
+        platform: delete what is stored of it. Returns messages deleted."""
 
     async def tenant_removed(self, platform: str, tenant: str, reason: str) -> int:
         """The bot left a guild or workspace: delete everything stored for it. Returns messages deleted."""

@@ -1,5 +1,6 @@
 """Several platforms in one process: each configured platform gets its adapter, all run side by side, a signal
-closes them all, and a platform that fails for good takes the process down loudly instead of leaving a silent bot."""
+closes them all, a platform that cannot start stops the service with one line, and one that fails while serving
+leaves the others serving until none is left."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot import jobs
+from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.app import StartupError, build_adapters, run_service, serve_platforms
 from bot.core.conversation import ConversationManager
 from bot.settings import Settings
@@ -53,11 +55,33 @@ async def test_a_signal_closes_every_platform_and_exits_zero() -> None:
     assert (discord.closed, slack.closed) == (1, 1)
 
 
-async def test_a_platform_failing_for_good_closes_the_others_and_exits_one(caplog: pytest.LogCaptureFixture) -> None:
-    discord, slack = FakeAdapter("discord", RuntimeError("improper token")), FakeAdapter("slack")
-    assert await asyncio.wait_for(serve_platforms([discord, slack]), 10) == 1
-    assert slack.closed == 1
+async def test_a_platform_failing_while_serving_leaves_the_others_serving(caplog: pytest.LogCaptureFixture) -> None:
+    slack = FakeAdapter("slack", CredentialsRevoked("token_revoked: set SCRATCHBOT_SLACK_BOT_TOKEN"))
+    discord = FakeAdapter("discord")
+    serving = asyncio.create_task(serve_platforms([discord, slack]))
+    await asyncio.wait_for(discord.started.wait(), 10)
+    await asyncio.sleep(0.05)
+    assert not serving.done() and discord.closed == 0  # Discord users are still answered
+    revoked = [r for r in caplog.records if "the slack adapter stopped" in r.getMessage()]
+    assert len(revoked) == 1 and revoked[0].levelname == "ERROR" and revoked[0].exc_info is None  # one line
+
+    await discord.close()  # its run() returns on its own: the last platform is gone
+    assert await asyncio.wait_for(serving, 10) == 1
+    assert "no platform is left to serve" in caplog.text
+
+
+async def test_the_last_platform_failing_exits_one(caplog: pytest.LogCaptureFixture) -> None:
+    discord = FakeAdapter("discord", RuntimeError("improper token"))
+    assert await asyncio.wait_for(serve_platforms([discord]), 10) == 1
     assert "the discord adapter failed: improper token" in caplog.text
+
+
+async def test_a_platform_that_cannot_start_stops_the_service_with_its_one_line() -> None:
+    discord = FakeAdapter("discord", PlatformStartError("Discord refused the token: set SCRATCHBOT_DISCORD_TOKEN"))
+    slack = FakeAdapter("slack")
+    with pytest.raises(StartupError, match=r"^Discord refused the token: set SCRATCHBOT_DISCORD_TOKEN$"):
+        await asyncio.wait_for(serve_platforms([discord, slack]), 10)
+    assert slack.closed == 1
 
 
 def settings_for(tmp_path: Path, **values: object) -> Settings:

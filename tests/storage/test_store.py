@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -128,25 +129,61 @@ async def test_add_message_refuses_what_it_cannot_store_faithfully(store: Store)
 # -- deleting -------------------------------------------------------------------------------------------------------
 
 
-async def test_delete_message_removes_it_by_platform_id_in_any_thread_of_the_channel(store: Store) -> None:
+async def test_delete_messages_removes_them_by_platform_id_in_any_thread_of_the_channel(store: Store) -> None:
     thread = ConversationKey("discord", "guild-1", "channel-1", "thread-1")
     elsewhere = ConversationKey("discord", "guild-2", "channel-1")
     await say(store, KEY, "keep", message_id="m-1")
     await say(store, thread, "delete me", message_id="m-2")
+    await say(store, KEY, "delete me too", message_id="m-3")
     await say(store, elsewhere, "same id, other guild", message_id="m-2")
 
-    deleted = await store.delete_message(
-        platform="discord", tenant="guild-1", channel="channel-1", platform_message_id="m-2"
-    )
+    def delete(*ids: str) -> Awaitable[int]:
+        return store.delete_messages(
+            platform="discord", tenant="guild-1", channel="channel-1", platform_message_ids=list(ids)
+        )
 
-    assert deleted == 1
+    assert await delete("m-2", "m-3", "never-stored") == 2  # a moderator's bulk deletion
     assert await texts(store, thread) == []
     assert await texts(store, KEY) == ["keep"]
     assert await texts(store, elsewhere) == ["same id, other guild"]
-    assert (
-        await store.delete_message(platform="discord", tenant="guild-1", channel="channel-1", platform_message_id="m-2")
-        == 0
+    assert await delete("m-2") == 0
+    assert await delete() == 0
+
+
+async def test_purge_channel_deletes_the_channel_with_its_threads_and_settings(store: Store) -> None:
+    thread = ConversationKey("discord", "guild-1", "channel-1", "thread-1")
+    other_channel = ConversationKey("discord", "guild-1", "channel-2")
+    other_guild = ConversationKey("discord", "guild-2", "channel-1")
+    for key in (KEY, thread, other_channel, other_guild):
+        await say(store, key, f"in {key}")
+    for channel in ("channel-1", "channel-2"):
+        await store.update_channel_settings(
+            platform="discord", tenant="guild-1", channel=channel, changes={"temperature": 0.5}, updated_by="admin"
+        )
+
+    assert await store.purge_channel("discord", "guild-1", "channel-1") == 2
+
+    assert await texts(store, KEY) == [] and await texts(store, thread) == []
+    assert await texts(store, other_channel) == [f"in {other_channel}"]
+    assert await texts(store, other_guild) == [f"in {other_guild}"]
+    assert await store.get_channel_settings(platform="discord", tenant="guild-1", channel="channel-1") == {}
+    assert await store.get_channel_settings(platform="discord", tenant="guild-1", channel="channel-2") != {}
+
+
+async def test_purge_channel_with_a_thread_deletes_only_that_thread(store: Store) -> None:
+    thread = ConversationKey("discord", "guild-1", "channel-1", "thread-1")
+    sibling = ConversationKey("discord", "guild-1", "channel-1", "thread-2")
+    for key in (KEY, thread, sibling):
+        await say(store, key, "hello")
+    await store.update_channel_settings(
+        platform="discord", tenant="guild-1", channel="channel-1", changes={"temperature": 0.5}, updated_by="admin"
     )
+
+    assert await store.purge_channel("discord", "guild-1", "channel-1", "thread-1") == 1
+
+    assert await texts(store, thread) == []
+    assert await texts(store, KEY) == ["hello"] and await texts(store, sibling) == ["hello"]
+    assert await store.get_channel_settings(platform="discord", tenant="guild-1", channel="channel-1") != {}
 
 
 async def test_forget_user_deletes_their_messages_everywhere_and_their_dms_whole(store: Store) -> None:

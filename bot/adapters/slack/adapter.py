@@ -226,7 +226,7 @@ class SlackAdapter:
             if not previous.get("user"):
                 return  # not a user's message; nothing of ours is keyed by it
             channel = dm_channel(str(previous["user"]))
-        await self._core.message_deleted("slack", _team(body, context), channel, str(deleted_ts))
+        await self._core.messages_deleted("slack", _team(body, context), channel, [str(deleted_ts)])
 
     async def _on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
         await ack()

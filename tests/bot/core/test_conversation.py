@@ -261,8 +261,18 @@ async def test_platform_events_delete_purge_and_deduplicate(manager, store) -> N
     await ask(manager)
     other_guild = replace(MSG, tenant="g2", message_id="m9")
     await ask(manager, other_guild)
-    assert await manager.message_deleted("discord", "g1", "c1", "m1") == 1
+    assert await manager.messages_deleted("discord", "g1", "c1", ["m1", "unknown"]) == 1
     assert [m.role for m in await store.recent_history(KEY)] == [Role.ASSISTANT]  # the user's copy went
+
+    in_thread = replace(MSG, thread="t1", message_id="m7")
+    await ask(manager, in_thread)
+    assert await manager.channel_deleted("discord", "g1", "c1", "t1", reason="thread deleted") == 2  # question, answer
+    assert await store.recent_history(ConversationKey("discord", "g1", "c1", "t1")) == []
+    assert await store.recent_history(KEY) != []
+    assert await manager.channel_deleted("discord", "g1", "c1", reason="channel deleted") == 1  # the answer left
+    assert await store.recent_history(KEY) == []
+    audits = [(a.action, a.target, a.detail["reason"]) for a in await store.audit_entries(tenant="g1")]
+    assert ("thread.purge", "t1", "thread deleted") in audits and ("channel.purge", "c1", "channel deleted") in audits
 
     assert await manager.tenant_removed("discord", "g2", "guild removed") == 2
     assert await store.recent_history(ConversationKey("discord", "g2", "c1")) == []
