@@ -105,6 +105,7 @@ async def run_service(
         precision=settings.precision,
         max_batch=settings.max_batch,
         queue_size=settings.queue_size,
+        tenant_max_active=settings.tenant_share,
     )
     in_terminal = not settings.platforms
     async with open_store(settings.resolved_database_url, settings.database_timeouts) as store:

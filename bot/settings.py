@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "int8"] = "int8"  # int8 weight-only is the fastest on a CPU
     max_batch: int = Field(8, ge=1, le=64)  # requests decoded together in one forward pass
     queue_size: int = Field(64, ge=1, le=100_000)  # requests waiting beyond the batch; more are told the bot is busy
+    # Of those (max_batch + queue_size), at most this many from one guild or workspace; unset: half. A flood from one
+    # server then delays only that server, and its questions wait their turn behind other servers' (fair sharing).
+    tenant_max_active: int | None = Field(None, ge=1, le=100_000)
     request_timeout_s: float = Field(120.0, gt=0, le=3600, allow_inf_nan=False)  # a generation running longer stops
 
     # --- sampling defaults (channels may override them with `settings`)
@@ -145,6 +148,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return sqlite_url(self.data_dir / "scratchbot.db")
+
+    @property
+    def tenant_share(self) -> int:
+        """Requests one tenant may have accepted at once: the setting, else half of what the bot accepts."""
+        return self.tenant_max_active or max(1, (self.max_batch + self.queue_size) // 2)
 
     @property
     def database_timeouts(self) -> DatabaseTimeouts:

@@ -65,8 +65,11 @@ class Answerer:
         # Long texts take milliseconds to tokenize: keep them off the event loop.
         return await asyncio.to_thread(render_conversation, self._encoder, instruction, budget, turns, input_text)
 
-    async def stream(self, prompt: RenderedPrompt, config: ChannelConfig, reply: Reply) -> tuple[str, Generation]:
-        """Stream the model's answer to ``reply``; return it as shown (cleaned) and what produced it."""
+    async def stream(
+        self, incoming: Incoming, prompt: RenderedPrompt, config: ChannelConfig, reply: Reply
+    ) -> tuple[str, Generation]:
+        """Stream the model's answer to ``reply``; return it as shown (cleaned) and what produced it. The request
+        counts against the incoming's tenant's share of the model."""
         params = SamplingParams(
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
@@ -74,7 +77,10 @@ class Answerer:
             top_p=config.top_p,
             stop=RESPONSE_STOPS,
         )
-        async with self._generator.stream(prompt.ids, params, timeout_s=self._request_timeout_s) as handle:
+        tenant = f"{incoming.platform}:{incoming.tenant}"
+        async with self._generator.stream(
+            prompt.ids, params, timeout_s=self._request_timeout_s, tenant=tenant
+        ) as handle:
             await reply.stream(_strip_leading(handle))
         result = handle.result
         # A model can write a NUL byte; what is stored must be storable (the user saw it already).

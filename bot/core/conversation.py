@@ -23,7 +23,14 @@ from bot.core.events import PlatformEvents
 from bot.core.messages import Incoming, ReadRefused, Reply
 from bot.core.ratelimit import RateLimiter, SenderLimits, wait_message
 from bot.core.user_commands import HELP, UserCommands
-from bot.inference.generator import GenerationFailed, GenerationTimeout, Generator, GeneratorBusy, ModelInfo
+from bot.inference.generator import (
+    GenerationFailed,
+    GenerationTimeout,
+    Generator,
+    GeneratorBusy,
+    ModelInfo,
+    TenantBusy,
+)
 from llm.prompts import Turn
 from llm.tokenizer import Tokenizer
 from storage.db import DatabaseUnavailableError
@@ -33,6 +40,8 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 BUSY = "I'm busy with other people's questions right now; please try again in a moment."
+# One guild or workspace has its share of the model in use: the others still get answers.
+TENANT_BUSY = "Many questions from here are already waiting for me; please try again in a moment."
 TIMEOUT = "That took too long, so I stopped. Try a shorter question, or ask for a shorter answer."
 FAILED = "Sorry, something went wrong on my side; please try again."
 FAILED_SAVED = "Sorry, something went wrong on my side. Your message is saved; please try again."
@@ -128,6 +137,8 @@ class ConversationManager:
 
     def _failure_message(self, error: Exception, incoming: Incoming, progress: _Progress) -> str:
         """What to tell the user about ``error``: short, true (never "saved" unless it was), and what to do."""
+        if isinstance(error, TenantBusy):
+            return TENANT_BUSY
         if isinstance(error, GeneratorBusy):
             return BUSY
         if isinstance(error, GenerationTimeout):
@@ -192,7 +203,7 @@ class ConversationManager:
         history = await self._store.recent_history(key, limit=config.history_messages + 1)
         turns = _pair_turns([m for m in history if m.id != added.message.id])
         prompt = await self._answerer.render(incoming.text, config, turns)
-        answer, generation = await self._answerer.stream(prompt, config, reply)
+        answer, generation = await self._answerer.stream(incoming, prompt, config, reply)
         progress.answered = True
         if answer:  # an empty answer is no turn of the conversation (the adapter showed the user so)
             await self._store.add_message(key, role=Role.ASSISTANT, author_id="bot", text=answer, generation=generation)

@@ -75,7 +75,7 @@ class UserCommands:
         config = await self._answerer.config(incoming)
         transcript = await asyncio.to_thread(self._newest_lines, lines, config)
         prompt = await self._answerer.render(SUMMARIZE_INSTRUCTION, config, input_text=transcript)
-        await self._answerer.stream(prompt, config, reply)
+        await self._answerer.stream(incoming, prompt, config, reply)
 
     def _newest_lines(self, lines: list[str], config: ChannelConfig) -> str:
         """The newest lines of a transcript that fit the prompt budget (oldest dropped first)."""
@@ -102,7 +102,7 @@ class UserCommands:
             return
         config = await self._answerer.config(incoming)
         prompt = await self._answerer.render(f"Translate the following text into {language}.", config, input_text=text)
-        await self._answerer.stream(prompt, config, reply)
+        await self._answerer.stream(incoming, prompt, config, reply)
 
     async def model(self, incoming: Incoming, reply: Reply) -> None:
         info, stats = self._generator.info, self._generator.stats()

@@ -6,7 +6,7 @@ layer and its tests stay light.
 
 Usage::
 
-    async with generator.stream(prompt_ids, params, timeout_s=60) as handle:
+    async with generator.stream(prompt_ids, params, timeout_s=60, tenant="discord:1234") as handle:
         async for delta in handle:
             ...
     handle.result  # Completion: text, token ids, finish reason, the model it ran on, seconds
@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 class GeneratorBusy(Exception):  # noqa: N818
     """Too many requests are already waiting; tell the user at once to try again in a moment."""
+
+
+class TenantBusy(GeneratorBusy):
+    """This tenant (guild, workspace) already has its share of the model's requests in progress; others still have
+    room. Tell the user to try again in a moment."""
 
 
 class GeneratorClosed(GeneratorBusy):
@@ -177,8 +182,10 @@ class Generator(Protocol):
     def stats(self) -> GeneratorStats: ...
 
     def stream(
-        self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None
-    ) -> GenerationHandle: ...
+        self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None, tenant: str = ""
+    ) -> GenerationHandle:
+        """``tenant`` (platform:guild) is whose request it is: no tenant takes more than its share of the model."""
+        ...
 
     async def reload(self, path: Path, name: str) -> ModelInfo:
         """Swap in the checkpoint at ``path``; raises `ReloadFailed` (a generator that cannot reload always does)."""

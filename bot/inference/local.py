@@ -30,6 +30,7 @@ from bot.inference.generator import (
     GeneratorStats,
     ModelInfo,
     ReloadFailed,
+    TenantBusy,
 )
 from bot.inference.worker import InferenceWorker, Request, Served
 from llm.checkpoints.common import CheckpointError, LoadedCheckpoint
@@ -55,6 +56,7 @@ __all__ = [
     "LocalGenerator",
     "ModelInfo",
     "ReloadFailed",
+    "TenantBusy",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,9 @@ class LocalGenerator:
         precision: Mode = "fp32",
         max_batch: int = 8,
         queue_size: int = 64,
+        tenant_max_active: int | None = None,
     ) -> None:
+        """``tenant_max_active``: requests one tenant may have accepted at once, running or waiting (None: no cap)."""
         if precision not in MODES:
             raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(MODES)}")
         if max_batch < 1 or queue_size < 0:
@@ -88,6 +92,7 @@ class LocalGenerator:
         self._precision: Mode = precision
         self._max_batch = max_batch
         self._queue_size = queue_size
+        self._tenant_max_active = tenant_max_active
         self._device = checkpoint.model.tok_emb.weight.device
         self._first_info = self._describe(checkpoint, name)
         self._worker: InferenceWorker | None = None
@@ -109,7 +114,7 @@ class LocalGenerator:
         return self._worker.stats()
 
     def stream(
-        self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None
+        self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None, tenant: str = ""
     ) -> GenerationHandle:
         """A handle for one request; enter it to submit. Raises `PromptTooLongError` for a refused prompt."""
         self._check_open()
@@ -119,7 +124,7 @@ class LocalGenerator:
         def submit(handle: GenerationHandle) -> None:
             nonlocal request
             worker = self._check_open()
-            request = Request(handle, list(prompt_ids), params, timeout_s)
+            request = Request(handle, list(prompt_ids), params, timeout_s, tenant)
             worker.submit(request)
 
         def cancel(handle: GenerationHandle) -> None:
@@ -133,7 +138,12 @@ class LocalGenerator:
             raise RuntimeError("the generator was already started; create a new one to serve again")
         checkpoint, self._checkpoint = self._checkpoint, None
         served = await asyncio.to_thread(self._prepare, checkpoint.model, self._first_info)
-        self._worker = InferenceWorker(asyncio.get_running_loop(), served, capacity=self._max_batch + self._queue_size)
+        self._worker = InferenceWorker(
+            asyncio.get_running_loop(),
+            served,
+            capacity=self._max_batch + self._queue_size,
+            tenant_cap=self._tenant_max_active,
+        )
         self._worker.start()
         log.info("serving %s (%s, %s, batch of %d)", self.info.name, self._precision, self._device, self._max_batch)
 

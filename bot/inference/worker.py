@@ -12,10 +12,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bot.inference.fairness import FairQueue
 from bot.inference.generator import (
     Completion,
     GenerationFailed,
@@ -25,6 +26,7 @@ from bot.inference.generator import (
     GeneratorStats,
     ModelInfo,
     ReloadFailed,
+    TenantBusy,
 )
 from llm.decoding.engine import Engine, Event
 from llm.decoding.sampling import SamplingParams
@@ -42,6 +44,7 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     timeout_s: float | None
+    tenant: str = ""  # whose request (platform:guild): the unit of fair sharing
     accepted_at: float = 0.0  # time.monotonic()
     served: Served | None = None  # the engine it runs on, once admitted
     seq_id: int = 0
@@ -73,11 +76,17 @@ Delivery = tuple[GenerationHandle, str | Completion | BaseException]
 
 
 class InferenceWorker:
-    """One thread, the current model's engine plus any old ones still draining after a reload."""
+    """One thread, the current model's engine plus any old ones still draining after a reload.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, served: Served, *, capacity: int) -> None:
+    Accepted requests wait in a `FairQueue` and enter the engine only when it has a free row, so the order in which
+    tenants get rows is decided here, fairly, not by arrival."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, served: Served, *, capacity: int, tenant_cap: int | None = None
+    ) -> None:
         self._loop = loop
         self._capacity = capacity  # requests accepted at once, generating or waiting
+        self._tenant_cap = tenant_cap  # of those, at most this many from one tenant (None: no cap)
         self._info = served.info
         self._thread = threading.Thread(target=self._run, name="scratchbot-inference", daemon=True)
         # Shared with the loop thread, under `_lock`.
@@ -89,10 +98,12 @@ class InferenceWorker:
         self._stopping = False  # finish what was accepted, then exit
         self._abort = False  # fail whatever is still running, then exit
         self._outstanding = 0  # accepted and not yet finished
+        self._per_tenant: Counter[str] = Counter()  # the same, by tenant
         self._active = 0
         self._rates: deque[tuple[float, float, int]] = deque()  # (start, end, tokens) of recent steps
         # The worker thread's alone.
         self._served: list[Served] = [served]  # the last one is current; earlier ones drain
+        self._waiting: FairQueue[Request] = FairQueue(lambda r: r.tenant)  # accepted, no engine row yet
 
     # ------------------------------------------------------------------------------------- event-loop side
 
@@ -115,8 +126,11 @@ class InferenceWorker:
         with self._wake:
             if self._outstanding >= self._capacity:
                 raise GeneratorBusy(f"the bot is busy ({self._outstanding} requests ahead); try again in a moment")
+            if self._tenant_cap is not None and self._per_tenant[request.tenant] >= self._tenant_cap:
+                raise TenantBusy(f"{request.tenant} has {self._tenant_cap} requests in progress, its share")
             request.accepted_at = time.monotonic()
             self._outstanding += 1
+            self._per_tenant[request.tenant] += 1
             self._intake.append(request)
             self._wake.notify()
 
@@ -124,7 +138,7 @@ class InferenceWorker:
         with self._wake:
             if request in self._intake:
                 self._intake.remove(request)
-                self._outstanding -= 1
+                self._settle_locked([request])
             else:
                 self._cancels.append(request)
                 self._wake.notify()
@@ -208,16 +222,18 @@ class InferenceWorker:
                     self._fail_all(list(intake), GenerationFailed("the bot shut down before this answer finished"))
                     break
                 for request in intake:
-                    self._admit(request, deliveries)
+                    self._waiting.push(request)
                 self._expire(deliveries)
+                self._admit_fairly(deliveries)
                 self._step(deliveries)
             except Exception as e:
                 # A defect of ours, not of one request: fail what is running rather than let the thread die.
                 log.exception("the inference worker failed; failing the requests in flight")
-                unadmitted = [r for r in intake if r.served is None and not r.finished]
+                waiting = dict.fromkeys([*intake, *self._waiting.take_all()])  # once each, in order
+                unadmitted = [r for r in waiting if r.served is None and not r.finished]
                 self._fail_all(unadmitted, GenerationFailed(f"the bot's inference worker failed ({type(e).__name__})"))
             self._flush(deliveries)
-            if stopping and not self._has_work() and not self._intake:
+            if stopping and not self._has_work() and not self._intake and not len(self._waiting):
                 break
         with self._wake:
             swap, self._swap = self._swap, None
@@ -226,7 +242,18 @@ class InferenceWorker:
         log.info("inference worker stopped")
 
     def _has_work(self) -> bool:
-        return any(s.engine.has_work for s in self._served)
+        return any(s.engine.has_work for s in self._served) or len(self._waiting) > 0
+
+    def _admit_fairly(self, deliveries: list[Delivery]) -> None:
+        """Fill the current engine's free rows from the fair queue; the rest keep waiting here."""
+        engine = self._served[-1].engine
+        running = Counter(r.tenant for s in self._served for r in s.requests.values())
+        while engine.active + engine.waiting < engine.max_batch:
+            request = self._waiting.pop(running)
+            if request is None:
+                return
+            self._admit(request, deliveries)
+            running[request.tenant] += 1
 
     def _admit(self, request: Request, deliveries: list[Delivery]) -> None:
         served = self._served[-1]
@@ -240,13 +267,20 @@ class InferenceWorker:
 
     def _drop(self, request: Request) -> None:
         served = request.served
-        if served is not None and served.requests.pop(request.seq_id, None) is not None:
+        if served is None:
+            if self._waiting.remove(request):
+                self._settle([request])
+        elif served.requests.pop(request.seq_id, None) is not None:
             served.engine.cancel(request.seq_id)
-            with self._lock:
-                self._outstanding -= 1
+            self._settle([request])
 
     def _expire(self, deliveries: list[Delivery]) -> None:
         now = time.monotonic()
+        for request in [r for r in self._waiting if r.expired(now)]:
+            self._waiting.remove(request)
+            self._finish(
+                request, deliveries, GenerationTimeout(f"no complete answer within {request.timeout_s:g} seconds")
+            )
         for served in self._served:
             for request in [r for r in served.requests.values() if r.expired(now)]:
                 del served.requests[request.seq_id]
@@ -319,20 +353,31 @@ class InferenceWorker:
     def _finish(self, request: Request, deliveries: list[Delivery], outcome: Completion | BaseException) -> None:
         request.finished = True
         deliveries.append((request.handle, outcome))
-        with self._lock:
-            self._outstanding -= 1
+        self._settle([request])
 
     def _fail_all(self, pending: list[Request], error: BaseException) -> None:
-        deliveries: list[Delivery] = [(r.handle, error) for r in pending]
+        failed = [*pending, *self._waiting.take_all()]
         for served in self._served:
             for request in served.requests.values():
                 served.engine.cancel(request.seq_id)
-                deliveries.append((request.handle, error))
+                failed.append(request)
             served.requests.clear()
         with self._lock:
-            self._outstanding -= len(deliveries)
+            self._settle_locked(failed)
             self._active = 0
-        self._call_soon(self._deliver, deliveries)
+        self._call_soon(self._deliver, [(r.handle, error) for r in failed])
+
+    def _settle(self, requests: list[Request]) -> None:
+        with self._lock:
+            self._settle_locked(requests)
+
+    def _settle_locked(self, requests: list[Request]) -> None:
+        """Requests that will take no more of the model: their places, overall and in their tenant's share, free."""
+        self._outstanding -= len(requests)
+        for request in requests:
+            self._per_tenant[request.tenant] -= 1
+            if not self._per_tenant[request.tenant]:
+                del self._per_tenant[request.tenant]  # tenants come and go; the counter must not grow forever
 
     def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
         try:

@@ -24,6 +24,7 @@ class FakeGenerator:
         self.delay_s = delay_s
         self.hold: asyncio.Event | None = None
         self.prompts: list[list[int]] = []
+        self.tenants: list[str] = []  # whose share each request counted against
         self.params: list[SamplingParams] = []
         self.busy = False
         self.fail_with: BaseException | None = None
@@ -47,10 +48,13 @@ class FakeGenerator:
     def stats(self) -> GeneratorStats:
         return GeneratorStats(queue_depth=0, active=0, recent_tokens_per_second=self.recent_tokens_per_second)
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None):
+    def stream(
+        self, prompt_ids: list[int], params: SamplingParams, *, timeout_s: float | None = None, tenant: str = ""
+    ):
         def submit(handle: GenerationHandle) -> None:
             if self.busy:
                 raise GeneratorBusy("queue full")
+            self.tenants.append(tenant)
             self.prompts.append(list(prompt_ids))
             self.params.append(params)
             if self.delay_s or self.hold is not None:

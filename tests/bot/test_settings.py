@@ -160,3 +160,11 @@ def test_a_data_directory_that_is_a_file_is_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SCRATCHBOT_DATA_DIR", "data")
     with pytest.raises(SettingsError, match="SCRATCHBOT_DATA_DIR: data is a file"):
         load_settings()
+
+
+def test_one_tenants_share_defaults_to_half_of_what_the_bot_accepts(tmp_path: Path) -> None:
+    assert Settings(_env_file=None, max_batch=8, queue_size=64).tenant_share == 36
+    assert Settings(_env_file=None, max_batch=1, queue_size=1).tenant_share == 1
+    assert Settings(_env_file=None, tenant_max_active=5).tenant_share == 5
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, tenant_max_active=0)

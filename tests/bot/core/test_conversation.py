@@ -10,11 +10,11 @@ import pytest
 from bot.core.admin import NOT_ADMIN
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
-from bot.core.conversation import BUSY, CHAT_OFF, FAILED_SAVED, ConversationManager, ManagerConfig
+from bot.core.conversation import BUSY, CHAT_OFF, FAILED_SAVED, TENANT_BUSY, ConversationManager, ManagerConfig
 from bot.core.messages import Incoming, ReadRefused, TranscriptLine
 from bot.core.ratelimit import RateLimiter
 from bot.core.user_commands import HELP, forgotten
-from bot.inference.generator import GenerationTimeout, GeneratorBusy
+from bot.inference.generator import GenerationTimeout, GeneratorBusy, TenantBusy
 from llm.prompts import RESPONSE_STOPS, render_prompt
 from llm.tokenizer import Tokenizer
 from storage.records import ConversationKey, Role
@@ -123,6 +123,14 @@ async def test_busy_and_timeouts_are_explained_and_the_message_is_kept(manager, 
 async def test_busy_raised_at_submit_is_a_busy_message(manager, generator) -> None:
     generator.fail_with = GeneratorBusy("full")
     assert (await ask(manager)).sent == [BUSY]
+
+
+async def test_each_request_counts_against_its_tenants_share_of_the_model(manager, generator) -> None:
+    await ask(manager)
+    await ask(manager, replace(MSG, command="translate", text="German hello", message_id=None))
+    assert generator.tenants == ["discord:g1", "discord:g1"]
+    generator.fail_with = TenantBusy("discord:g1 has its share")
+    assert (await ask(manager, replace(MSG, message_id="m2"))).sent == [TENANT_BUSY]  # not "the bot is busy"
 
 
 def platform_reading(*lines: TranscriptLine, reads: list[int] | None = None):
