@@ -5,7 +5,9 @@ synced at most once per ``interval_s``: the messages are brought to what `split_
 the last one with a cursor to show more is coming. A platform that answers 429 raises `RateLimited`; we wait its
 ``retry_after`` before the next edit. When the answer ends, one final sync removes the cursor, and it is retried
 after a 429 until it lands: the final text arrives exactly once, in order, however the stream went. An adapter
-supplies only a `MessageSink`: how to post a message and how to edit one.
+supplies a `MessageSink` (how to post a message and how to edit one) and the channel's `ChannelLimits`: every call
+spends from the channel's shared budget, and a Retry-After over the ceiling is left to `LateEdits` instead of being
+waited out (see `bot.adapters.pacing`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from bot.adapters.pacing import ChannelPacer, LateEdits
 from bot.adapters.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ CURSOR = " …"
 EMPTY_ANSWER = "(no answer: the model stopped before saying anything)"
 # A placeholder or final edit that keeps getting 429s is given up after this many tries; the error reaches the caller.
 FINAL_ATTEMPTS = 8
+DEFAULT_MAX_WAIT_S = 30.0  # the longest Retry-After an answer waits out itself (SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S)
+LATE_NOTE = "\n\n(shown late: this channel was rate-limited for {seconds:.0f} s)"
 
 H = TypeVar("H")
 T = TypeVar("T")
@@ -36,6 +41,24 @@ class RateLimited(Exception):  # noqa: N818 -- named for the HTTP status the pla
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"rate limited; retry after {retry_after:.2f} s")
         self.retry_after = max(0.0, retry_after)
+
+
+class TooLongToWait(RateLimited):
+    """A 429 whose Retry-After is over the ceiling: not waited out by the answer."""
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """How one answer shares its channel's rate limits: the adapter's pacer and late edits, keyed by ``channel``."""
+
+    channel: str = ""
+    pacer: ChannelPacer | None = None
+    late: LateEdits | None = None  # None: a Retry-After over the ceiling reaches the caller as `TooLongToWait`
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+
+
+class _NoBudget(Exception):  # noqa: N818 -- control flow: skip this interim edit
+    """The channel's budget is spent for now; an interim sync is skipped (nothing was changed)."""
 
 
 class MessageSink(Protocol[H]):
@@ -62,6 +85,7 @@ class StreamedMessages(Generic[H]):
         limit: int,
         interval_s: float = 1.0,
         placeholder: str | None = None,
+        limits: ChannelLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -69,10 +93,12 @@ class StreamedMessages(Generic[H]):
         self._limit = limit - len(CURSOR)  # the same cuts with or without the cursor, so no message is re-split
         self._interval = interval_s
         self._placeholder = placeholder
+        self._limits = limits or ChannelLimits()
         self._clock = clock
         self._sleep = sleep
         self._posted: list[_Posted[H]] = []
         self._next_sync = 0.0
+        self._blocked_until = 0.0  # after a Retry-After over the ceiling: no interim edits before this
 
     @property
     def messages(self) -> list[H]:
@@ -83,16 +109,12 @@ class StreamedMessages(Generic[H]):
         """Consume ``deltas`` and show them; return the whole text. If the stream fails, what arrived is shown
         without the cursor and the error is raised."""
         if self._placeholder is not None:
-            placeholder = self._placeholder
-            # A busy channel answers the first post with a 429 as readily as an edit; nothing was posted, so retry.
-            handle = await self._accepted(lambda: self._sink.post(placeholder), "placeholder")
-            self._posted.append(_Posted(handle, placeholder))
-            self._next_sync = self._clock() + self._interval
+            await self._post_placeholder(self._placeholder)
         text = ""
         try:
             async for delta in deltas:
                 text += delta
-                if text.strip() and self._clock() >= self._next_sync:
+                if text.strip() and self._clock() >= max(self._next_sync, self._blocked_until):
                     await self._interim(text)
         except BaseException:
             if text.strip() or self._posted:
@@ -101,10 +123,25 @@ class StreamedMessages(Generic[H]):
         await self._final(text)
         return text
 
+    async def _post_placeholder(self, placeholder: str) -> None:
+        # A busy channel answers the first post with a 429 as readily as an edit; nothing was posted, so retry.
+        try:
+            handle = await self._accepted(lambda: self._paced(self._sink.post(placeholder)), "placeholder")
+        except TooLongToWait as e:
+            self._blocked(e, "the placeholder")  # the answer is posted whole at the end, when the channel allows
+            return
+        self._posted.append(_Posted(handle, placeholder))
+        self._next_sync = self._clock() + self._interval
+
     async def _interim(self, text: str) -> None:
         try:
-            await self._sync(text, CURSOR)
+            await self._sync(text, CURSOR, interim=True)
+        except _NoBudget:
+            return  # other answers in this channel used its budget; a later delta tries again
         except RateLimited as e:
+            if e.retry_after > self._limits.max_wait_s:
+                self._blocked(e, "an interim edit")
+                return
             log.info("edit rate-limited; next update in %.2f s", e.retry_after)
             self._next_sync = self._clock() + max(self._interval, e.retry_after)
             return
@@ -112,12 +149,49 @@ class StreamedMessages(Generic[H]):
 
     async def _final(self, text: str) -> None:
         shown = text if text.strip() else EMPTY_ANSWER
-        await self._accepted(lambda: self._sync(shown, ""), "final edit", wait=self._next_sync - self._clock())
+        blocked_for = self._blocked_until - self._clock()
+        try:
+            if blocked_for > self._limits.max_wait_s:
+                raise TooLongToWait(blocked_for)
+            await self._accepted(lambda: self._sync(shown, ""), "final edit", wait=self._next_sync - self._clock())
+        except TooLongToWait as e:
+            late = self._limits.late
+            if late is None:
+                raise
+            note = LATE_NOTE.format(seconds=e.retry_after)
+            late.schedule(e.retry_after, lambda: self._sync(shown + note, ""), f"the answer in {self._where}")
+
+    def _blocked(self, error: RateLimited, what: str) -> None:
+        if self._blocked_until <= self._clock():  # one line per answer, however many deltas follow
+            log.warning(
+                "%s in %s was rate-limited for %.0f s, over the %.0f s ceiling (SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S): "
+                "the answer is shown once the platform allows it",
+                what, self._where, error.retry_after, self._limits.max_wait_s,
+            )  # fmt: skip
+        self._blocked_until = self._clock() + error.retry_after
+
+    @property
+    def _where(self) -> str:
+        return f"channel {self._limits.channel}" if self._limits.channel else "a channel"
 
     async def _accepted(self, call: Callable[[], Awaitable[T]], what: str, *, wait: float = 0.0) -> T:
-        return await until_accepted(call, what, attempts=FINAL_ATTEMPTS, wait=wait, sleep=self._sleep)
+        return await until_accepted(
+            call, what, attempts=FINAL_ATTEMPTS, wait=wait, sleep=self._sleep, max_wait_s=self._limits.max_wait_s
+        )
 
-    async def _sync(self, text: str, cursor: str) -> None:
+    async def _paced(self, call: Awaitable[T], *, interim: bool = False) -> T:
+        """``call`` once the channel's budget allows; an interim call that would have to wait is skipped."""
+        pacer = self._limits.pacer
+        if pacer is not None:
+            if interim and not pacer.try_take(self._limits.channel):
+                if asyncio.iscoroutine(call):
+                    call.close()  # never awaited: nothing was sent
+                raise _NoBudget
+            if not interim:
+                await pacer.take(self._limits.channel)
+        return await call
+
+    async def _sync(self, text: str, cursor: str, *, interim: bool = False) -> None:
         """Post or edit so the messages show ``text`` (plus ``cursor`` on the last). Each message already showing
         the right text is left alone, so a retry after a 429 repeats only what did not land."""
         chunks = split_message(text, self._limit)
@@ -125,10 +199,10 @@ class StreamedMessages(Generic[H]):
             shown = chunk + cursor if i == len(chunks) - 1 else chunk
             if i < len(self._posted):
                 if self._posted[i].text != shown:
-                    await self._sink.edit(self._posted[i].handle, shown)
+                    await self._paced(self._sink.edit(self._posted[i].handle, shown), interim=interim)
                     self._posted[i].text = shown
             else:
-                self._posted.append(_Posted(await self._sink.post(shown), shown))
+                self._posted.append(_Posted(await self._paced(self._sink.post(shown), interim=interim), shown))
 
 
 async def until_accepted(
@@ -138,16 +212,19 @@ async def until_accepted(
     attempts: int = FINAL_ATTEMPTS,
     wait: float = 0.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> T:
     """``call()`` after ``wait`` seconds, repeated after each 429 as long as the platform asks (a refused call
     changed nothing, so repeating it cannot show anything twice); after ``attempts`` refusals the last 429 reaches
-    the caller."""
+    the caller. A Retry-After over ``max_wait_s`` is not waited out: it raises `TooLongToWait` at once."""
     for attempt in range(1, attempts + 1):
         if wait > 0:
             await sleep(wait)
         try:
             return await call()
         except RateLimited as e:
+            if e.retry_after > max_wait_s:
+                raise TooLongToWait(e.retry_after) from e
             if attempt == attempts:
                 raise
             wait = e.retry_after
@@ -157,16 +234,42 @@ async def until_accepted(
 
 class SinkReply(Generic[H]):
     """The core's `Reply` over a `MessageSink`: whole messages split at ``limit``, streams shown by
-    `StreamedMessages` (edited at most once per ``interval_s``)."""
+    `StreamedMessages` (edited at most once per ``interval_s``), every call within the channel's ``limits``."""
 
-    def __init__(self, sink: MessageSink[H], *, limit: int, interval_s: float) -> None:
+    def __init__(
+        self, sink: MessageSink[H], *, limit: int, interval_s: float, limits: ChannelLimits | None = None
+    ) -> None:
         self._sink = sink
         self._limit = limit
         self._interval = interval_s
+        self._limits = limits or ChannelLimits()
 
     async def send(self, text: str) -> None:
-        for chunk in split_message(text, self._limit):
-            await self._sink.post(chunk)
+        await send_whole(self._sink.post, split_message(text, self._limit), self._limits)
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
-        return await StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval).run(deltas)
+        streamed = StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval, limits=self._limits)
+        return await streamed.run(deltas)
+
+
+async def send_whole(
+    post: Callable[[str], Awaitable[object]], chunks: list[str], limits: ChannelLimits, attempts: int = FINAL_ATTEMPTS
+) -> None:
+    """Post whole messages in order, each within the channel's budget, each retried after short 429s. A Retry-After
+    over the ceiling drops the rest with one log line: a notice cannot be shown where nothing can be posted."""
+    for chunk in chunks:
+
+        async def paced(chunk: str = chunk) -> object:
+            if limits.pacer is not None:
+                await limits.pacer.take(limits.channel)
+            return await post(chunk)
+
+        try:
+            await until_accepted(paced, "post", attempts=attempts, max_wait_s=limits.max_wait_s)
+        except TooLongToWait as e:
+            log.warning(
+                "a message in %s was not sent: rate-limited for %.0f s, over the %.0f s ceiling "
+                "(SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S)",
+                limits.channel or "a channel", e.retry_after, limits.max_wait_s,
+            )  # fmt: skip
+            return
