@@ -160,3 +160,14 @@ def test_installing_again_for_an_sdk_replaces_its_redactor(no_redactors: None, c
     with caplog.at_level(logging.INFO):
         logging.getLogger("anything").info("old-secret new-secret other-secret")
     assert caplog.records[0].getMessage() == f"old-secret {REDACTED} {REDACTED}"
+
+
+def test_a_record_that_cannot_be_scrubbed_is_withheld_and_the_caller_goes_on(no_redactors: None, caplog) -> None:
+    class Broken(SecretRedactingFilter):
+        def redact(self, text: str) -> str:
+            raise RuntimeError("a bug in a pattern")
+
+    install_redaction("fakesdk", Broken([TOKEN]))
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("anything").info("token is %s", TOKEN)  # does not raise
+    assert [r.getMessage() for r in caplog.records] == ["(log record withheld: redacting it failed)"]
