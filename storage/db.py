@@ -10,6 +10,7 @@ writer committed in between, and the busy timeout cannot help.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ DEFAULT_DATABASE_PATH = Path("data") / "scratchbot.db"
 _READ_ONLY_OPTION = "scratchbot_read_only"
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+# What a database URL looks like, for messages about one that cannot be used.
+URL_FORMS = "postgresql+asyncpg://user:password@host:5432/dbname or sqlite:///data/scratchbot.db"
 
 
 class StorageError(Exception):
@@ -91,11 +94,17 @@ def normalize_url(url: str | URL) -> URL:
     asyncpg), so users can write the plain URLs they already know."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+        # Neither the URL nor SQLAlchemy's message is repeated as given: a typo must not print the password.
         raise DatabaseURLError(
-            f"cannot parse the database URL {url!r}: {e}. Use e.g. sqlite:///data/scratchbot.db "
-            "or postgresql+asyncpg://user@host:5432/dbname"
+            f"cannot parse the database URL {without_password(str(url))}: {_parse_problem(str(url), e)}. Write it as "
+            f"{URL_FORMS} (percent-encode @, : and / in the password: %40, %3A, %2F)"
         ) from None
+    if parsed.host and "@" in parsed.host:  # SQLAlchemy split "user:p@ss@host" at the first '@'
+        raise DatabaseURLError(
+            f"the password in the database URL {without_password(str(url))} contains '@'; percent-encode it as %40 "
+            "(and : as %3A, / as %2F)"
+        )
     backend, _, driver = parsed.drivername.partition("+")
     wanted = _DRIVERS.get(backend)
     if wanted is None:
@@ -115,6 +124,31 @@ def normalize_url(url: str | URL) -> URL:
             "give a file, e.g. sqlite:///data/scratchbot.db"
         )
     return parsed
+
+
+def without_password(url: str) -> str:
+    """``url``, which could not be parsed, as it can be shown: whatever may be a password replaced by ***. That is
+    everything between the user name's ':' and the last '@' (or, with no '@', a 'port' that is not a number: a
+    forgotten host) and any password= parameter."""
+    start = match.end() if (match := re.match(r"[A-Za-z][\w+.-]*:/+", url)) else 0  # after "scheme://"
+    at = url.rfind("@")
+    if at >= start:
+        colon = url.find(":", start, at)
+        if colon >= 0:
+            url = f"{url[: colon + 1]}***{url[at:]}"
+    else:
+        authority = re.match(r"([^/:?]*:)([^/?]*)", url[start:])
+        if authority and not authority.group(2).isdigit():
+            url = url[:start] + authority.group(1) + "***" + url[start + authority.end() :]
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+def _parse_problem(url: str, error: Exception) -> str:
+    if isinstance(error, ValueError) and not isinstance(error, ArgumentError):
+        return "the port after the host's ':' must be a number (a missing '@host' looks like this too)"
+    if "://" not in url:
+        return "it has no '://' after the database name"
+    return "the part before '://' must be a database name such as postgresql+asyncpg or sqlite"
 
 
 def sqlite_file(url: str | URL) -> Path | None:
@@ -170,7 +204,7 @@ def create_engine(
                 "PostgreSQL needs the asyncpg driver, which is not installed: pip install 'scratchbot[postgres]'"
             ) from None
         _configure_postgresql(engine)
-    log.debug("database engine for %s", parsed.render_as_string(hide_password=True))
+    log.debug("database engine for %s", describe_database(parsed))
     return engine
 
 
@@ -212,6 +246,8 @@ def describe_database(url: URL) -> str:
     """How to name a database to a person: a SQLite file by its path, a server by its URL without the password."""
     if url.get_backend_name() == "sqlite" and url.database:
         return str(Path(url.database).expanduser().resolve())
+    if "password" in url.query:  # asyncpg also takes the password as a parameter: ?password=...
+        url = url.update_query_dict({"password": "***"})
     return url.render_as_string(hide_password=True)
 
 

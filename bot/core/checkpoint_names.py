@@ -1,6 +1,12 @@
 """Checkpoint names an admin may ask for: files (or Hugging Face directories) inside the checkpoints directory,
 and nothing else. A name is never a path: `../../etc/passwd`, absolute paths and links out of the directory are
-refused, so chat users cannot make the bot read arbitrary files."""
+refused, so chat users cannot make the bot read arbitrary files.
+
+Links are followed only as far as the directory: a checkpoint is offered (to `/reload`, the checkpoint watch and
+`run`'s newest-in-directory) only when every file loading it reads resolves inside the directory: the weights, a
+Hugging Face directory's files, a `config.json` or the book's `<name>.json` beside them. A checkpoint the operator
+configured (SCRATCHBOT_CHECKPOINT) is the operator's choice and may be anywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import logging
 from pathlib import Path
 
 from llm import assets
+from llm.checkpoints.load import checkpoint_files
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +29,9 @@ GET_A_CHECKPOINT = (
 
 class CheckpointNameError(ValueError):
     """The name does not denote a checkpoint in the checkpoints directory; the message says why."""
+
+
+_reported: set[tuple[Path, Path]] = set()  # links out already logged: the watch lists the directory every interval
 
 
 class NoCheckpointError(Exception):
@@ -58,6 +68,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
             (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
             or (p.is_dir() and any((p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")))
         )
+        and _link_out(p, root) is None
     ]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
@@ -75,7 +86,30 @@ def resolve_checkpoint(directory: Path, name: str | None) -> Path:
     candidate = (directory / name).resolve()
     if not candidate.is_relative_to(root) or candidate.parent != root:
         raise CheckpointNameError(f"{name!r} points outside the checkpoints directory; refused")
+    if (outside := _link_out(candidate, root)) is not None:
+        raise CheckpointNameError(
+            f"{name!r} would read {outside.relative_to(root)}, a link to a file outside the checkpoints directory; "
+            "refused. Copy the file into the directory instead of linking to it"
+        )
     if candidate not in {p.resolve() for p in list_checkpoints(directory)}:
         names = ", ".join(p.name for p in list_checkpoints(directory)[:10]) or "none"
         raise CheckpointNameError(f"no checkpoint named {name!r} in {directory}; available: {names}")
     return candidate
+
+
+def _link_out(checkpoint: Path, root: Path) -> Path | None:
+    """The first file loading ``checkpoint`` would read that resolves outside ``root`` (a link out, even one whose
+    target does not exist yet, or a loop of links), or None when every one stays inside."""
+    for file in checkpoint_files(checkpoint):
+        if not (file.is_symlink() or file.exists()):
+            continue  # not there: not read
+        try:
+            target: Path | None = file.resolve()
+        except (OSError, RuntimeError):  # a loop of links: nothing to read, and nothing to trust
+            target = None
+        if target is None or not target.is_relative_to(root):
+            if (file, root) not in _reported:
+                _reported.add((file, root))
+                log.warning("checkpoint %s is skipped: %s is a link out of %s", checkpoint.name, file, root)
+            return file
+    return None

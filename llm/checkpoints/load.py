@@ -183,6 +183,16 @@ def read_checkpoint(path: Path, n_heads: int | None) -> ReadCheckpoint:
     return ReadCheckpoint(state_dict, config, fmt, metadata, weights)
 
 
+def checkpoint_files(path: Path) -> list[Path]:
+    """Every file a load of ``path`` may read, whether it exists or not: for a directory, its weight files and
+    ``config.json``; for a file, itself and the ``config.json`` beside it when it is named as Hugging Face names
+    weights; and for each weights file the book's ``<name>.json`` beside it. Whoever confines loading to a
+    directory checks these (`bot.core.checkpoint_names`); `_locate` and `read_checkpoint` read no others."""
+    weights = [path / name for name in HF_WEIGHT_FILES] if path.is_dir() else [path]
+    configs = [w.parent / "config.json" for w in weights if w.name in HF_WEIGHT_FILES]
+    return list(dict.fromkeys([*weights, *configs, *(book_config_path(w) for w in weights)]))
+
+
 def _locate(path: Path) -> tuple[Path, Path | None]:
     """The weights file to read, and the Hugging Face ``config.json`` beside it if there is one."""
     if not path.exists():

@@ -51,6 +51,7 @@ class FakeSlack:
         self.sent: dict[str, float] = {}  # envelope id -> when it was sent
         self.ack_payloads: dict[str, Any] = {}
         self.handshake_delay_s = 0.0  # a slow WebSocket handshake: a window to act while the client connects
+        self.redirect_responses = False  # answer response_url posts with a redirect to themselves, endlessly
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -62,6 +63,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{n}", self._response_url)
+        app.router.add_post("/commands/{team}/{n}/{secret}", self._response_url)  # Slack's own response_url path
         app.router.add_get("/ws", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -152,6 +154,8 @@ class FakeSlack:
         return {"url": f"ws://127.0.0.1:{request.url.port}/ws?ticket={next(self._ids)}"}
 
     async def _response_url(self, request: web.Request) -> web.Response:
+        if self.redirect_responses:  # aiohttp gives up after 10 with TooManyRedirects, whose message holds the URL
+            raise web.HTTPTemporaryRedirect(request.url)
         self.ephemeral.append(await request.json())
         return web.Response(text="ok")
 
@@ -195,7 +199,7 @@ class FakeSlack:
         if kind == "events_api":
             envelope.update(retry_attempt=retry_attempt, retry_reason="timeout" if retry_attempt else "")
         self.sent[envelope_id] = time.monotonic()
-        await ws.send_json(envelope)
+        await ws.send_str(json.dumps(envelope).replace("/", "\\/"))  # Slack's JSON escapes every slash
         return envelope_id
 
     async def disconnect(self) -> None:

@@ -13,6 +13,7 @@ from storage.db import (
     DatabaseTimeouts,
     DatabaseURLError,
     create_engine,
+    describe_database,
     normalize_url,
     sqlite_url,
 )
@@ -44,6 +45,33 @@ def test_plain_urls_get_the_async_driver(url: str, expected: str) -> None:
 def test_unusable_urls_are_refused_with_what_to_write_instead(url: str, message: str) -> None:
     with pytest.raises(DatabaseURLError, match=message):
         normalize_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem", "shown"),
+    [
+        ("postgresql+asyncpg//bot:s3cret@db/bot", "no '://'", "postgresql+asyncpg//bot:***@db/bot"),
+        ("postgresql+asyncpg:/bot:s3cret@db/bot", "no '://'", "postgresql+asyncpg:/bot:***@db/bot"),
+        ("bot:s3cret@db/bot", "no '://'", "bot:***@db/bot"),
+        ("postgresql+asyncpg://bot:s3cret/bot", "port after the host's ':' must be a number", "bot:***/bot"),
+        ("postgresql://bot:s3cret@db:x/bot", "port after the host's ':' must be a number", "bot:***@db:x/bot"),
+        ("post gres://bot:s3c:ret@db/bot", "must be a database name", "post gres:***@db/bot"),
+        ("postgresql://bot:s3c@ret@db/bot", "contains '@'; percent-encode it as %40", "postgresql://bot:***@db/bot"),
+    ],
+)
+def test_a_url_that_cannot_be_used_is_shown_without_its_password(url: str, problem: str, shown: str) -> None:
+    with pytest.raises(DatabaseURLError) as refused:
+        normalize_url(url)
+    message = str(refused.value)
+    assert "s3c" not in message and "ret@" not in message
+    assert problem in message and shown in message
+    if "@" not in problem:
+        assert "postgresql+asyncpg://user:password@host:5432/dbname" in message  # the form to write instead
+
+
+def test_a_password_given_as_a_parameter_is_not_shown_either() -> None:
+    url = normalize_url("postgresql://bot@db/bot?password=s3cret&ssl=require")
+    assert describe_database(url) == "postgresql+asyncpg://bot@db/bot?password=%2A%2A%2A&ssl=require"
 
 
 def test_the_default_database_is_a_file_under_data() -> None:

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
-from bot.adapters.redaction import SecretRedactingFilter
+from bot.adapters.redaction import SecretRedactingFilter, secret_field, secret_path
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,10 @@ _MARKUP = re.compile(r"<([@#!]?)([^<>|]*)(?:\|([^<>]*))?>")
 # field, which the shared filter scrubs in JSON and in forms.
 SLACK_TOKEN = re.compile(r"\bx(?:ox[abposr]|app)-[A-Za-z0-9-]+")
 # A command's response_url lets anyone post into its channel for half an hour: as good as a token while it lives.
-RESPONSE_URL = re.compile(r"(https://hooks\.slack\.com/)[^\s'\",]+")
+# Its path is the secret, in whatever encoding it is logged (Slack's JSON writes `https:\/\/hooks.slack.com\/...`,
+# a form body `https%3A%2F%2Fhooks.slack.com%2F...`); in a payload, the field is scrubbed whatever its host.
+RESPONSE_URL = secret_path(r"hooks\.slack\.com/", to_end=True)
+RESPONSE_URL_FIELD = secret_field("response_url")
 
 
 def escape(text: str) -> str:
@@ -66,4 +69,4 @@ def plain(text: str, *, bot_user_id: str | None = None) -> str:
 
 # One filter for the process: Bolt copies a base logger's filters into its own loggers once, when they are made,
 # so the set of secrets must be shared and grow as adapters are created.
-SECRETS = SecretRedactingFilter(patterns=[SLACK_TOKEN, RESPONSE_URL])
+SECRETS = SecretRedactingFilter(patterns=[SLACK_TOKEN, RESPONSE_URL_FIELD, RESPONSE_URL])

@@ -79,6 +79,22 @@ def test_db_upgrade_never_prints_the_password(capsys, monkeypatch) -> None:
     assert "cannot connect to the database" in err and "s3cret" not in err
 
 
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["run"]])
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+asyncpg//bot:s3cret@127.0.0.1/bot", "postgresql+asyncpg://bot:s3cret/bot"],  # no ':', no host
+)
+def test_a_url_that_cannot_be_parsed_is_reported_without_its_password(
+    command: list[str], url: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("SCRATCHBOT_DATABASE_URL", url)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchbot: error: cannot parse the database URL") and err.count("\n") == 1
+    assert "s3cret" not in err and "bot:***" in err
+    assert "postgresql+asyncpg://user:password@host:5432/dbname" in err
+
+
 def test_a_hung_database_server_is_named_with_the_reason(capsys, monkeypatch) -> None:
     import socket
 

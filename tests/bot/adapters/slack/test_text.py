@@ -68,16 +68,35 @@ def test_redaction_also_scrubs_tracebacks() -> None:
     assert "hunter2" not in logging.Formatter().format(record)
 
 
-def test_response_urls_are_redacted_on_every_slack_sdk_logger_once_an_adapter_exists(manager) -> None:
+def test_response_urls_are_redacted_in_every_record_once_an_adapter_exists(manager, monkeypatch, caplog) -> None:
+    from bot.adapters import redaction
     from bot.adapters.slack.adapter import SlackAdapter
     from bot.adapters.slack.config import SlackConfig
 
+    monkeypatch.setattr(redaction, "_redactors", {})  # nothing installed by earlier tests: the adapter must do it
     SlackAdapter(manager, SlackConfig(bot_token="xoxb-test", signing_secret="shh"))
-    webhook_log = logging.getLogger("slack_sdk.webhook.async_client")  # what Bolt's `respond` sends through
-    assert SECRETS in webhook_log.filters
-    record = logging.LogRecord(
-        webhook_log.name, logging.DEBUG, __file__, 1, "Sending a request - url: %s, body: %s",
-        ("https://hooks.slack.com/commands/T1/123/abcDEF", '{"text": "hi"}'), None,
-    )  # fmt: skip
-    SECRETS.filter(record)
-    assert record.getMessage() == f'Sending a request - url: https://hooks.slack.com/{REDACTED}, body: {{"text": "hi"}}'
+    url = "https://hooks.slack.com/commands/T1/123/abcDEF"
+    with caplog.at_level(logging.DEBUG):  # what Bolt's `respond` sends through, and a record of the core's
+        logging.getLogger("slack_sdk.webhook.async_client").debug("Sending a request - url: %s, body: %s", url, "{}")
+        logging.getLogger("bot.core.conversation").error("failed: %s", url.replace("/", "\\/"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Sending a request - url: https://hooks.slack.com/{REDACTED}, body: {{}}",
+        f"failed: https:\\/\\/hooks.slack.com\\/{REDACTED}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "logged",
+    [
+        "https://hooks.slack.com/commands/T1/123/abcDEF",
+        r'"response_url": "https:\/\/hooks.slack.com\/commands\/T1\/123\/abcDEF"',  # Slack's JSON
+        r"'response_url': 'https:\\/\\/hooks.slack.com\\/commands\\/T1\\/123\\/abcDEF'",  # its repr
+        "response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1%2F123%2FabcDEF&trigger_id=1",  # a command's form
+        "%22response_url%22%3A+%22https%3A%5C%2F%5C%2Fhooks.slack.com%5C%2Fcommands%5C%2FT1%5C%2F123%5C%2FabcDEF",
+        '"response_url": "https://elsewhere.example/commands/T1/123/abcDEF"',  # the field, whatever the host
+    ],
+    ids=["raw", "json", "repr-of-json", "form", "json-in-a-form", "any-host"],
+)
+def test_a_response_url_is_redacted_in_every_encoding_slack_writes(logged: str) -> None:
+    text = SECRETS.redact(logged)
+    assert "abcDEF" not in text and "T1" not in text and REDACTED in text
