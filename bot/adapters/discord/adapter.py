@@ -1,9 +1,5 @@
-"""Discord: the only module that imports discord.py.
-
-Turns mentions, DMs, slash commands and message context menus into `Incoming` for the core, and answers through
-`StreamedMessages` (a reply edited about once a second, split at 2,000 characters). Nothing the bot sends can ping:
-`allowed_mentions` is none on the client and on every call. Deleted messages and guilds the bot leaves are purged
-from storage through raw gateway events, so messages sent before a restart are covered too.
+"""The Discord adapter: mentions, DMs, slash commands and context menus in as `Incoming`, answers out through
+`StreamedMessages`; what happens on Discord's side (deletions, a removed guild) reaches storage.
 
 Scope of a conversation: guild + channel + thread (a thread is its own conversation; a reply chain is part of its
 channel's). DMs are filed under `dm_tenant(user)`.
@@ -16,14 +12,16 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import discord
 from discord import app_commands
 
+from bot.adapters.discord.commands import build_commands
+from bot.adapters.discord.config import DiscordConfig
+from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, ChannelSink, InteractionSink
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
-from bot.core.commands import SUMMARIZE_MAX, parse_command, quote_language
+from bot.core.commands import parse_command
 from bot.core.messages import Core, Incoming, TranscriptLine, TranscriptReader
 from bot.draining import drain
 from storage.records import dm_tenant
@@ -31,21 +29,10 @@ from storage.records import dm_tenant
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
-MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
-NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
 RESTARTING = "I'm restarting right now; please try again in a minute."
 CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
 # Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
 TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/interactions/\d+/)[^/\s?'\"]+"))
-
-
-@dataclass(frozen=True)
-class DiscordConfig:
-    token: str = field(repr=False)  # the bot token (developer portal -> Bot -> Reset Token); never logged or shown
-    edit_interval_s: float = 1.0  # at most one edit of a streamed reply per this many seconds (Discord allows ~5/5 s)
-    sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
-    message_content: bool = False  # privileged intent; only lets /summarize read messages that do not mention us
-    close_grace_s: float = 30.0  # how long `close` lets answers in progress finish before disconnecting
 
 
 class DiscordAdapter:
@@ -65,7 +52,7 @@ class DiscordAdapter:
         self._client.on_message = self._on_message  # type: ignore[attr-defined]
         self._client.on_raw_message_delete = self._on_raw_message_delete  # type: ignore[attr-defined]
         self._client.on_guild_remove = self._on_guild_remove  # type: ignore[attr-defined]
-        for command in _commands(self):
+        for command in build_commands(self):
             self._tree.add_command(command)
 
     async def run(self) -> None:
@@ -202,7 +189,7 @@ class DiscordAdapter:
         *,
         ephemeral: bool = False,
         transcript_of: discord.abc.Messageable | None = None,
-        before: discord.Message | None = None,
+        before: discord.Message | discord.Object | None = None,
     ) -> None:
         """Defer (Discord wants an answer within 3 s), then let the core answer into the deferred response."""
         if self._closing:
@@ -230,106 +217,6 @@ class DiscordAdapter:
         names = await asyncio.to_thread(self._core.checkpoint_names)
         matching = [n for n in names if current.lower() in n.lower()]
         return [app_commands.Choice(name=n[:100], value=n) for n in matching[:25]]  # Discord's limits
-
-
-def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_commands.ContextMenu]:
-    """The slash commands and context menus, as thin calls into `DiscordAdapter.command`."""
-
-    @app_commands.command(name="summarize", description="Summarize this channel's or thread's recent messages")
-    @app_commands.describe(count=f"How many recent messages to read (1-{SUMMARIZE_MAX})")
-    async def summarize(
-        interaction: discord.Interaction, count: app_commands.Range[int, 1, SUMMARIZE_MAX] | None = None
-    ):
-        await adapter.command(interaction, "summarize", str(count or ""), transcript_of=interaction.channel)
-
-    @app_commands.command(name="translate", description="Translate text into another language")
-    @app_commands.describe(language="Into which language, e.g. German", text="The text to translate")
-    async def translate(interaction: discord.Interaction, language: str, text: str):
-        await adapter.command(interaction, "translate", f"{quote_language(language)} {text}")
-
-    @app_commands.command(name="model", description="Which model answers, and how busy it is")
-    async def model(interaction: discord.Interaction):
-        await adapter.command(interaction, "model", ephemeral=True)
-
-    @app_commands.command(name="forget", description="Delete everything the bot stored from you")
-    async def forget(interaction: discord.Interaction):
-        await adapter.command(interaction, "forget", ephemeral=True)
-
-    @app_commands.command(name="reload", description="Admins: switch the bot to another checkpoint")
-    @app_commands.describe(name="Checkpoint file name; the newest when left out")
-    async def reload(interaction: discord.Interaction, name: str | None = None):
-        await adapter.command(interaction, "reload", name or "", ephemeral=True)
-
-    @reload.autocomplete("name")
-    async def reload_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return await adapter.checkpoint_choices(interaction, current)
-
-    async def summarize_thread(interaction: discord.Interaction, message: discord.Message):
-        # The thread the message is in or started; otherwise the channel up to and including the message.
-        if isinstance(message.channel, discord.Thread) or message.thread is None:
-            where, before = message.channel, _after(message)
-        else:
-            where, before = message.thread, None
-        await adapter.command(interaction, "summarize", transcript_of=where, before=before)
-
-    async def translate_message(interaction: discord.Interaction, message: discord.Message):
-        # Into the language of the user's own Discord client: the one they are reading in.
-        await adapter.command(interaction, "translate", f"{_language(interaction.locale)} {message.content}")
-
-    return [
-        summarize,
-        translate,
-        model,
-        forget,
-        reload,
-        app_commands.ContextMenu(name="Summarize thread", callback=summarize_thread),
-        app_commands.ContextMenu(name="Translate message", callback=translate_message),
-    ]
-
-
-# -- replies -------------------------------------------------------------------------------------------------------
-
-
-class ChannelSink:
-    """Answers as replies: the first to the user's message, each later one to the one before, so a long answer
-    reads as one chain even when others write in between. discord.py waits out 429s itself (`retry_after`)."""
-
-    def __init__(self, message: discord.Message) -> None:
-        self._reply_to = message
-
-    async def post(self, text: str) -> discord.Message:
-        # fail_if_not_exists=False: if the question is deleted meanwhile, the answer still arrives.
-        reference = self._reply_to.to_reference(fail_if_not_exists=False)
-        sent = await self._reply_to.channel.send(text, reference=reference, allowed_mentions=NO_MENTIONS)
-        self._reply_to = sent
-        return sent
-
-    async def edit(self, handle: discord.Message, text: str) -> None:
-        await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
-
-
-class InteractionSink:
-    """The deferred response ("thinking…") becomes the first message; more of a long answer follows up."""
-
-    def __init__(self, interaction: discord.Interaction, ephemeral: bool) -> None:
-        self._interaction = interaction
-        self._ephemeral = ephemeral
-        self._original_used = False
-
-    async def post(self, text: str) -> discord.WebhookMessage | None:
-        if not self._original_used:
-            self._original_used = True
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-            return None  # None stands for the original response
-        return await self._interaction.followup.send(
-            text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
-        )
-
-    async def edit(self, handle: discord.WebhookMessage | None, text: str) -> None:
-        if handle is None:
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-        else:
-            await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -373,12 +260,3 @@ def _reader(channel: object, *, before: discord.Message | discord.Object | None 
         return tuple(lines) or None
 
     return read
-
-
-def _after(message: discord.Message) -> discord.Object:  # a `before` bound that includes the message itself
-    return discord.Object(id=message.id + 1)
-
-
-def _language(locale: discord.Locale) -> str:
-    """'german' -> German, 'brazil_portuguese' -> Portuguese; Discord names every locale after its language."""
-    return locale.name.rsplit("_", 1)[-1].title() if isinstance(locale, discord.Locale) else "English"
