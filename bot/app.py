@@ -51,6 +51,7 @@ def _discord_adapter(manager: ConversationManager, settings: Settings) -> Platfo
         manager,
         DiscordConfig(
             token=settings.discord_token.get_secret_value(),
+            api_url=settings.discord_api_url,
             message_content=settings.discord_message_content,
             close_grace_s=settings.shutdown_grace_s,
         ),

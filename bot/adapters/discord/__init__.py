@@ -6,7 +6,8 @@ Turns mentions, DMs, slash commands and message context menus into `Incoming` fo
 from storage through raw gateway events, so messages sent before a restart are covered too.
 
 `adapter` (the adapter and its events), `commands` (slash commands, context menus), `reply` (the message sinks),
-`config`. The names below are the package's face: the composition root and the tests import them from here.
+`client` (discord.py's client, talking to the configured Discord), `config`. The names below are the package's
+face: the composition root and the tests import them from here.
 """
 
 from bot.adapters.discord.adapter import RESTARTING, TOKEN_PATHS, DiscordAdapter

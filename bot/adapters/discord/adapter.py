@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import discord
 from discord import app_commands
 
+from bot.adapters.discord.client import build_client, webhooks_at
 from bot.adapters.discord.commands import build_commands
 from bot.adapters.discord.config import DiscordConfig
 from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, ChannelSink, InteractionSink
@@ -45,7 +46,7 @@ class DiscordAdapter:
         self._closing = False
         self._answering: set[asyncio.Task[object]] = set()
         install_redaction("discord", SecretRedactingFilter([config.token], TOKEN_PATHS))
-        self._client = discord.Client(intents=_intents(config), allowed_mentions=NO_MENTIONS)
+        self._client = build_client(config, intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
         # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.
         self._client.setup_hook = self._setup_hook  # type: ignore[method-assign]
@@ -57,8 +58,9 @@ class DiscordAdapter:
 
     async def run(self) -> None:
         """Log in, connect, serve until `close`. A bad token raises discord.LoginFailure."""
-        async with self._client:
-            await self._client.start(self._config.token)
+        with webhooks_at(self._config):  # the tasks discord.py starts from here on answer interactions there
+            async with self._client:
+                await self._client.start(self._config.token)
 
     async def close(self) -> None:
         self._closing = True

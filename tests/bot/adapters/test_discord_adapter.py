@@ -25,9 +25,9 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     application_fixture,
     bot_fixture,
     checkpoints_fixture,
+    config_for,
     generator_fixture,
     manager_fixture,
-    point_discord_py_at,
     poll,
     wait_until,
 )
@@ -264,12 +264,11 @@ async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cu
     assert reply.content and not reply.content.endswith("…")  # what arrived, shown as it ended
 
 
-async def test_a_wrong_token_stops_run_with_discords_refusal(manager, monkeypatch) -> None:
+async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
     fake = FakeDiscord(TOKEN)
     await fake.start()
-    point_discord_py_at(fake, monkeypatch)
     try:
-        adapter = DiscordAdapter(manager, DiscordConfig(token="not-the-token"))
+        adapter = DiscordAdapter(manager, config_for(fake, token="not-the-token"))
         with pytest.raises(discord.LoginFailure):
             await asyncio.wait_for(adapter.run(), 20)
         await adapter.close()  # safe after run ended, and again
@@ -279,4 +278,5 @@ async def test_a_wrong_token_stops_run_with_discords_refusal(manager, monkeypatc
 
 
 def test_the_config_never_shows_its_token() -> None:
-    assert TOKEN not in repr(DiscordConfig(token=TOKEN)) and TOKEN not in str(DiscordConfig(token=TOKEN))
+    config = DiscordConfig(token=TOKEN, api_url="https://discord.com/api/v10")
+    assert TOKEN not in repr(config) and TOKEN not in str(config)
