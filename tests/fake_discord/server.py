@@ -3,7 +3,8 @@
 Every REST call is recorded with its JSON body. Messages the bot posts (in channels, or as interaction responses
 and follow-ups) are kept with their edits, so a test reads what a user would see. The gateway follows Discord's
 session protocol: HELLO, IDENTIFY -> READY + GUILD_CREATE, heartbeats, and RESUME after a dropped connection,
-which replays the events the client missed and then says RESUMED. Frames go out as uncompressed text: discord.py
+which replays the events the client missed and then says RESUMED. Deleting channels, threads and many messages at
+once sends the gateway events Discord sends, in their shape. Frames go out as uncompressed text: discord.py
 asks for zlib-stream but reads text frames as they are, as Discord's own uncompressed mode sends them.
 """
 
@@ -34,6 +35,14 @@ class Call:
     at: float = field(default_factory=time.monotonic)
 
 
+class Refusal(Exception):  # noqa: N818 -- Discord's answer, not an error of the fake's
+    """A route handler's way to answer with one of Discord's JSON errors ({"message", "code"})."""
+
+    def __init__(self, status: int, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
 @dataclass
 class Posted:
     """A message the bot made visible, with every content it had."""
@@ -60,6 +69,7 @@ class FakeDiscord:
         self.resumes: list[Json] = []
         self.commands: list[Json] = []  # the last bulk overwrite
         self.autocomplete: dict[str, list[Json]] = {}  # interaction token -> the choices the bot answered with
+        self.deleted_channels: set[str] = set()  # channels and threads deleted: REST answers Unknown Channel
         self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
         self._session_id = ""
         self._events: list[Json] = []  # this session's dispatches, for replay on RESUME
@@ -110,6 +120,22 @@ class FakeDiscord:
         self._events.append(frame)
         if self._live and self._socket is not None and not self._socket.closed:
             await self._socket.send_str(json.dumps(frame))
+
+    async def delete_channel(self, channel: Json) -> None:
+        """Someone deleted a guild channel (with its threads): CHANNEL_DELETE carries the whole channel object."""
+        self.deleted_channels.add(channel["id"])
+        await self.dispatch("CHANNEL_DELETE", channel)
+
+    async def delete_thread(self, thread_id: str, parent_id: str = p.CHANNEL_ID) -> None:
+        """Someone deleted a thread: THREAD_DELETE carries its ids and type only."""
+        self.deleted_channels.add(thread_id)
+        await self.dispatch("THREAD_DELETE", p.thread_delete(thread_id, parent_id))
+
+    async def delete_messages(self, channel_id: str, message_ids: list[str]) -> None:
+        """A moderator deleted several messages of one channel or thread at once: one MESSAGE_DELETE_BULK."""
+        history = self.history.get(channel_id, [])
+        history[:] = [m for m in history if m["id"] not in message_ids]
+        await self.dispatch("MESSAGE_DELETE_BULK", p.bulk_delete(channel_id, message_ids))
 
     async def drop_connection(self) -> None:
         """Close the gateway socket the way Discord does on a hiccup (4000: unknown error, resumable)."""
@@ -203,7 +229,11 @@ class FakeDiscord:
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)
             if method == request.method and match:
-                result = handler(body, request.query, *match.groups())
+                try:
+                    result = handler(body, request.query, *match.groups())
+                except Refusal as refused:
+                    call.status = refused.status
+                    return _json({"message": refused.message, "code": refused.code}, status=refused.status)
                 if result is None:
                     return web.Response(status=204)
                 return _json(result)
@@ -253,6 +283,8 @@ class FakeDiscord:
         return self.commands
 
     def _get_channel(self, _body: Any, _query: Any, channel_id: str) -> Json:
+        if channel_id in self.deleted_channels:
+            raise Refusal(404, "Unknown Channel", 10003)
         if channel_id == p.DM_CHANNEL_ID:
             return p.dm_channel(p.ALICE)
         if channel_id in (p.THREAD_ID, p.UNCACHED_THREAD_ID):

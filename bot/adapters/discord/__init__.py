@@ -2,8 +2,9 @@
 
 Turns mentions, DMs, slash commands and message context menus into `Incoming` for the core, and answers through
 `StreamedMessages` (a reply edited about once a second, split at 2,000 characters). Nothing the bot sends can ping:
-`allowed_mentions` is none on the client and on every call. Deleted messages and guilds the bot leaves are purged
-from storage through raw gateway events, so messages sent before a restart are covered too.
+`allowed_mentions` is none on the client and on every call. Deleted messages (one by one or in bulk), channels and
+threads, and guilds the bot leaves are purged from storage; messages and threads through raw gateway events, so
+those this client never saw (before a restart) are covered too.
 
 `adapter` (the adapter and its events), `commands` (slash commands, context menus), `reply` (the message sinks),
 `client` (discord.py's client, talking to the configured Discord), `config`. The names below are the package's

@@ -52,6 +52,9 @@ class DiscordAdapter:
         self._client.setup_hook = self._setup_hook  # type: ignore[method-assign]
         self._client.on_message = self._on_message  # type: ignore[attr-defined]
         self._client.on_raw_message_delete = self._on_raw_message_delete  # type: ignore[attr-defined]
+        self._client.on_raw_bulk_message_delete = self._on_raw_bulk_message_delete  # type: ignore[attr-defined]
+        self._client.on_guild_channel_delete = self._on_guild_channel_delete  # type: ignore[attr-defined]
+        self._client.on_raw_thread_delete = self._on_raw_thread_delete  # type: ignore[attr-defined]
         self._client.on_guild_remove = self._on_guild_remove  # type: ignore[attr-defined]
         for command in build_commands(self):
             self._tree.add_command(command)
@@ -158,17 +161,44 @@ class DiscordAdapter:
     # -- what happened on Discord's side -------------------------------------------------------------------------
 
     async def _on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
+        await self._messages_deleted(event.channel_id, event.guild_id, [event.message_id])
+
+    async def _on_raw_bulk_message_delete(self, event: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._messages_deleted(event.channel_id, event.guild_id, sorted(event.message_ids))
+
+    async def _messages_deleted(self, channel_id: int, guild_id: int | None, message_ids: list[int]) -> None:
+        """Raw events name the messages whether or not this client saw them: stored before a restart, too."""
         # An uncached thread or DM: ask which channel (or whose DM) it is.
-        channel = self._client.get_channel(event.channel_id) or await self._fetch_channel(event.channel_id)
-        if event.guild_id is not None:
-            tenant = str(event.guild_id)
-            where = channel.parent_id if isinstance(channel, discord.Thread) else event.channel_id
+        channel = self._client.get_channel(channel_id) or await self._fetch_channel(channel_id)
+        if guild_id is not None:
+            tenant = str(guild_id)
+            where = channel.parent_id if isinstance(channel, discord.Thread) else channel_id
         elif isinstance(channel, discord.DMChannel) and channel.recipient is not None:
-            tenant, where = dm_tenant(str(channel.recipient.id)), event.channel_id
+            tenant, where = dm_tenant(str(channel.recipient.id)), channel_id
         else:
-            log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
+            log.info("messages deleted in DM channel %s, which we cannot see", channel_id)
             return
-        await self._core.messages_deleted(PLATFORM, tenant, str(where), [str(event.message_id)])
+        await self._core.messages_deleted(PLATFORM, tenant, str(where), [str(i) for i in message_ids])
+
+    async def _on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        # discord.py has no raw CHANNEL_DELETE event, and needs none here: with the guilds intent every channel of
+        # every guild is cached (GUILD_CREATE lists them all, and nothing evicts them), so each deletion arrives.
+        if isinstance(channel, discord.CategoryChannel):
+            return  # a category holds channels, never messages; its channels are deleted (or moved) on their own
+        deleted = await self._core.channel_deleted(
+            PLATFORM, str(channel.guild.id), str(channel.id), reason="channel deleted"
+        )
+        log.info("channel %s deleted: %d stored messages purged", channel.id, deleted)
+
+    async def _on_raw_thread_delete(self, event: discord.RawThreadDeleteEvent) -> None:
+        if self._client.get_channel(event.parent_id) is None:
+            # The parent channel is gone: discord.py reports a deleted channel's cached threads as deleted too,
+            # after the channel itself, whose purge took its threads along.
+            return
+        deleted = await self._core.channel_deleted(
+            PLATFORM, str(event.guild_id), str(event.parent_id), str(event.thread_id), reason="thread deleted"
+        )
+        log.info("thread %s deleted: %d stored messages purged", event.thread_id, deleted)
 
     async def _fetch_channel(self, channel_id: int) -> object | None:
         try:
