@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     discord_message_content: bool = False  # privileged intent: lets /summarize read messages that do not mention us
     # Discord's REST API, or a REST proxy in front of it; the gateway is the one this API names (GET /gateway/bot)
     discord_api_url: str = "https://discord.com/api/v10"
+    # The longest one call to Discord waits out a rate limit (429); one asking for longer fails that call at once
+    # instead of stalling the bot. At least 30: discord.py itself waits out anything shorter.
+    rate_limit_max_wait_s: float = Field(30.0, ge=30, le=3600, allow_inf_nan=False)
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None  # Socket Mode
     slack_signing_secret: SecretStr | None = None  # HTTP mode

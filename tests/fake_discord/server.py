@@ -70,7 +70,7 @@ class FakeDiscord:
         self.commands: list[Json] = []  # the last bulk overwrite
         self.autocomplete: dict[str, list[Json]] = {}  # interaction token -> the choices the bot answered with
         self.deleted_channels: set[str] = set()  # channels and threads deleted: REST answers Unknown Channel
-        self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
+        self._rate_limits: list[tuple[str, re.Pattern[str], float, bool]] = []
         self._session_id = ""
         self._events: list[Json] = []  # this session's dispatches, for replay on RESUME
         self._socket: web.WebSocketResponse | None = None
@@ -143,9 +143,10 @@ class FakeDiscord:
         self._live = self._ready = False  # from now on events wait for the client to RESUME
         await self._socket.close(code=4000, message=b"fake hiccup")
 
-    def rate_limit_once(self, method: str, path_pattern: str, retry_after: float) -> None:
-        """The next call matching answers 429 with this retry_after (then the route works again)."""
-        self._rate_limits.append((method, re.compile(path_pattern), retry_after))
+    def rate_limit_once(self, method: str, path_pattern: str, retry_after: float, *, is_global: bool = False) -> None:
+        """The next call matching answers 429 with this retry_after (then the route works again). ``is_global``:
+        Discord's global limit (on every route of the bot), as Discord says it: "global" in the body and headers."""
+        self._rate_limits.append((method, re.compile(path_pattern), retry_after, is_global))
 
     def calls_to(self, method: str, path_pattern: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and re.fullmatch(path_pattern, c.path)]
@@ -217,14 +218,17 @@ class FakeDiscord:
             call.status = 401
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         for limit in self._rate_limits:
-            method, pattern, retry_after = limit
+            method, pattern, retry_after, is_global = limit
             if method == request.method and pattern.fullmatch(path):
                 self._rate_limits.remove(limit)
                 call.status = 429
+                headers = {"Via": "1.1 google", "Retry-After": str(retry_after)}
+                if is_global:
+                    headers |= {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
                 return _json(
-                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global},
                     status=429,
-                    headers={"Via": "1.1 google", "Retry-After": str(retry_after)},
+                    headers=headers,
                 )
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)

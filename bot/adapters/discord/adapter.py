@@ -19,7 +19,7 @@ from discord import app_commands
 from bot.adapters.discord.client import build_client, webhooks_at
 from bot.adapters.discord.commands import build_commands
 from bot.adapters.discord.config import DiscordConfig
-from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, ChannelSink, InteractionSink
+from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, REFUSED, ChannelSink, InteractionSink
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
 from bot.core.commands import parse_command
@@ -84,7 +84,7 @@ class DiscordAdapter:
         if self._config.sync_commands:
             try:
                 synced = await self._tree.sync()
-            except discord.HTTPException:  # the commands published last time keep working; chat needs none
+            except REFUSED:  # the commands published last time keep working; chat needs none
                 log.exception("could not publish the application commands")
             else:
                 log.info("published %d application commands", len(synced))
@@ -101,7 +101,7 @@ class DiscordAdapter:
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread-created notices
         if self._closing:  # not answered here; say so rather than leave the question hanging
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(*REFUSED):
                 await message.reply(RESTARTING, allowed_mentions=NO_MENTIONS)
             return
         with self._answer_in_progress():  # from here on, before any await: `close` waits for this answer
@@ -203,7 +203,7 @@ class DiscordAdapter:
     async def _fetch_channel(self, channel_id: int) -> object | None:
         try:
             return await self._client.fetch_channel(channel_id)
-        except discord.HTTPException as e:  # no access any more, or Discord is down: file it as best we can
+        except REFUSED as e:  # no access any more, Discord is down, or rate-limited: file it as best we can
             log.warning("could not look up Discord channel %s: %s", channel_id, e)
             return None
 
@@ -230,7 +230,7 @@ class DiscordAdapter:
         with self._answer_in_progress():  # before the first await: a deferred command must not be left "thinking"
             try:
                 await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-            except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
+            except REFUSED as e:  # the 3 s passed (a slow event loop), Discord is down or rate-limits us
                 log.warning("could not defer /%s: %s", command, e)
                 return
             transcript = _reader(transcript_of, before=before) if transcript_of is not None else None
@@ -271,7 +271,7 @@ async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(channel.typing())
-        except discord.HTTPException as e:
+        except REFUSED as e:
             log.info("no typing indicator: %s", e)
         yield
 
@@ -285,8 +285,8 @@ def _reader(channel: object, *, before: discord.Message | discord.Object | None 
             return None
         try:
             messages = [m async for m in channel.history(limit=count, before=before)]
-        except discord.HTTPException as e:
-            log.info("cannot read history for a summary (%s); using stored history", e.status)
+        except REFUSED as e:
+            log.info("cannot read history for a summary (%s); using stored history", e)
             return None
         lines = (TranscriptLine(m.author.display_name, m.content) for m in reversed(messages) if m.content.strip())
         return tuple(lines) or None

@@ -3,19 +3,36 @@ follow-ups. `bot.adapters.streaming` streams into either through the two `Messag
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import discord
+
+from bot.adapters.streaming import RateLimited
 
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
 NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
+# What a Discord call raises when Discord says no. A 429 over the ceiling is `discord.RateLimited`, no HTTPException.
+REFUSED = (discord.HTTPException, discord.RateLimited)
+
+
+@contextlib.contextmanager
+def _in_streaming_terms() -> Iterator[None]:
+    """discord.py's errors as `bot.adapters.streaming` understands them: a rate limit over the ceiling (which
+    discord.py would not wait out) is the caller's to wait, as `RateLimited`."""
+    try:
+        yield
+    except discord.RateLimited as e:
+        raise RateLimited(e.retry_after) from None
 
 
 class ChannelSink:
     """Answers as replies: the first to the user's message, each later one to the one before, so a long answer
-    reads as one chain even when others write in between. discord.py waits out 429s itself (`retry_after`)."""
+    reads as one chain even when others write in between. discord.py waits out 429s up to the configured ceiling
+    itself; a longer one raises `RateLimited`."""
 
     def __init__(self, message: discord.Message) -> None:
         self._reply_to = message
@@ -23,12 +40,14 @@ class ChannelSink:
     async def post(self, text: str) -> discord.Message:
         # fail_if_not_exists=False: if the question is deleted meanwhile, the answer still arrives.
         reference = self._reply_to.to_reference(fail_if_not_exists=False)
-        sent = await self._reply_to.channel.send(text, reference=reference, allowed_mentions=NO_MENTIONS)
+        with _in_streaming_terms():
+            sent = await self._reply_to.channel.send(text, reference=reference, allowed_mentions=NO_MENTIONS)
         self._reply_to = sent
         return sent
 
     async def edit(self, handle: discord.Message, text: str) -> None:
-        await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
+        with _in_streaming_terms():
+            await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
 
 
 class InteractionSink:
@@ -41,15 +60,18 @@ class InteractionSink:
 
     async def post(self, text: str) -> discord.WebhookMessage | None:
         if not self._original_used:
-            self._original_used = True
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            with _in_streaming_terms():
+                await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            self._original_used = True  # only once it shows the text: after a 429 the retry edits it again
             return None  # None stands for the original response
-        return await self._interaction.followup.send(
-            text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
-        )
+        with _in_streaming_terms():
+            return await self._interaction.followup.send(
+                text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
+            )
 
     async def edit(self, handle: discord.WebhookMessage | None, text: str) -> None:
-        if handle is None:
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-        else:
-            await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
+        with _in_streaming_terms():
+            if handle is None:
+                await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            else:
+                await handle.edit(content=text, allowed_mentions=NO_MENTIONS)

@@ -149,7 +149,14 @@ def application_fixture(request: pytest.FixtureRequest) -> dict:
 def config_for(fake: FakeDiscord, **options: Any) -> DiscordConfig:
     """The adapter's configuration for talking to ``fake``: its address is all that differs from Discord's."""
     return DiscordConfig(
-        **{"token": TOKEN, "api_url": fake.api_base, "edit_interval_s": EDIT_INTERVAL_S, "close_grace_s": 5.0} | options
+        **{
+            "token": TOKEN,
+            "api_url": fake.api_base,
+            "rate_limit_max_wait_s": 30.0,
+            "edit_interval_s": EDIT_INTERVAL_S,
+            "close_grace_s": 5.0,
+        }
+        | options
     )
 
 

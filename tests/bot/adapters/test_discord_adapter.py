@@ -345,5 +345,5 @@ async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
 
 
 def test_the_config_never_shows_its_token() -> None:
-    config = DiscordConfig(token=TOKEN, api_url="https://discord.com/api/v10")
+    config = DiscordConfig(token=TOKEN, api_url="https://discord.com/api/v10", rate_limit_max_wait_s=30)
     assert TOKEN not in repr(config) and TOKEN not in str(config)
