@@ -70,6 +70,7 @@ class FakeDiscord:
         self.commands: list[Json] = []  # the last bulk overwrite
         self.autocomplete: dict[str, list[Json]] = {}  # interaction token -> the choices the bot answered with
         self.deleted_channels: set[str] = set()  # channels and threads deleted: REST answers Unknown Channel
+        self.expired: dict[str, Refusal] = {}  # interaction token -> how Discord refuses its webhook calls now
         self._rate_limits: list[tuple[str, re.Pattern[str], float, bool]] = []
         self._session_id = ""
         self._events: list[Json] = []  # this session's dispatches, for replay on RESUME
@@ -136,6 +137,12 @@ class FakeDiscord:
         history = self.history.get(channel_id, [])
         history[:] = [m for m in history if m["id"] not in message_ids]
         await self.dispatch("MESSAGE_DELETE_BULK", p.bulk_delete(channel_id, message_ids))
+
+    def expire_interaction(self, token: str, status: int = 401, code: int = 50027) -> None:
+        """An interaction's token stops working (15 minutes after the interaction): its response and follow-ups are
+        refused, as Discord does, with 401 Invalid Webhook Token (50027) or 404 Unknown Webhook (10015)."""
+        message = {50027: "Invalid Webhook Token", 10015: "Unknown Webhook"}[code]
+        self.expired[token] = Refusal(status, message, code)
 
     async def drop_connection(self) -> None:
         """Close the gateway socket the way Discord does on a hiccup (4000: unknown error, resumable)."""
@@ -217,6 +224,9 @@ class FakeDiscord:
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             call.status = 401
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        if is_webhook and (expired := self.expired.get(path.split("/")[3])):  # /webhooks/<app id>/<token>/...
+            call.status = expired.status
+            return _json({"message": expired.message, "code": expired.code}, status=expired.status)
         for limit in self._rate_limits:
             method, pattern, retry_after, is_global = limit
             if method == request.method and pattern.fullmatch(path):

@@ -225,7 +225,8 @@ class DiscordAdapter:
     ) -> None:
         """Defer (Discord wants an answer within 3 s), then let the core answer into the deferred response."""
         if self._closing:
-            await interaction.response.send_message(RESTARTING, ephemeral=True)
+            with contextlib.suppress(*REFUSED):
+                await interaction.response.send_message(RESTARTING, ephemeral=True)
             return
         with self._answer_in_progress():  # before the first await: a deferred command must not be left "thinking"
             try:

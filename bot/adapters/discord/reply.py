@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import discord
 
 from bot.adapters.streaming import RateLimited
+from bot.core.messages import ReplyRefused
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,9 @@ MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
 NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
 # What a Discord call raises when Discord says no. A 429 over the ceiling is `discord.RateLimited`, no HTTPException.
 REFUSED = (discord.HTTPException, discord.RateLimited)
+# How Discord refuses an interaction's response and follow-ups once its token has expired (15 minutes after the
+# interaction): 401 Invalid Webhook Token, or 404 Unknown Webhook.
+TOKEN_EXPIRED = frozenset({(401, 50027), (404, 10015)})
 
 
 @contextlib.contextmanager
@@ -51,27 +55,44 @@ class ChannelSink:
 
 
 class InteractionSink:
-    """The deferred response ("thinking…") becomes the first message; more of a long answer follows up."""
+    """The deferred response ("thinking…") becomes the first message; more of a long answer follows up. Once Discord
+    says the interaction's token has expired, every call raises `ReplyRefused` without asking Discord again."""
 
     def __init__(self, interaction: discord.Interaction, ephemeral: bool) -> None:
         self._interaction = interaction
         self._ephemeral = ephemeral
         self._original_used = False
+        self._expired = False
 
     async def post(self, text: str) -> discord.WebhookMessage | None:
         if not self._original_used:
-            with _in_streaming_terms():
+            with self._call():
                 await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
             self._original_used = True  # only once it shows the text: after a 429 the retry edits it again
             return None  # None stands for the original response
-        with _in_streaming_terms():
+        with self._call():
             return await self._interaction.followup.send(
                 text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
             )
 
     async def edit(self, handle: discord.WebhookMessage | None, text: str) -> None:
-        with _in_streaming_terms():
+        with self._call():
             if handle is None:
                 await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
             else:
                 await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        if self._expired:
+            raise ReplyRefused("the interaction has expired")
+        try:
+            with _in_streaming_terms():
+                yield
+        except discord.HTTPException as e:
+            if (e.status, e.code) not in TOKEN_EXPIRED:
+                raise
+            self._expired = True
+            name = self._interaction.command.name if self._interaction.command else "a command"
+            log.warning("the answer to %r is dropped: its interaction expired before it was done (%s)", name, e)
+            raise ReplyRefused("the interaction has expired") from None

@@ -1,9 +1,12 @@
 """When Discord says no, through the real discord.py client and a fake Discord: a rate limit longer than the
 configured ceiling fails the call at once (the caller decides what to do with the wait) instead of hanging it, for
-one route and for Discord's global limit alike; a command whose answer failed says so where it said "thinking…"."""
+one route and for Discord's global limit alike; a command whose answer failed says so where it said "thinking…";
+an answer whose interaction expired is dropped with one line in the log, not retried."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -105,3 +108,23 @@ async def test_a_command_whose_answer_failed_shows_the_notice_in_place_of_thinki
     answers = await bot.command_answered(token, lambda got: any(got))
     assert answers == [FAILED]  # the deferred response itself, not a follow-up under a "thinking…" left forever
     assert bot.discord.answers_for(token)[0].payload["original"]
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, 50027), (404, 10015)], ids=["Invalid Webhook Token", "Unknown Webhook"]
+)
+async def test_an_answer_whose_interaction_expired_is_dropped_with_one_line(
+    bot: Bot, caplog: pytest.LogCaptureFixture, status: int, code: int
+) -> None:
+    bot.generator.delay_s, bot.generator.hold = 0.01, asyncio.Event()
+    token = await bot.interact(p.slash("translate", language="German", text="Good morning"))
+    await wait_until(lambda: bot.generator.prompts, "the model to start")
+    bot.discord.expire_interaction(token, status, code)  # the model took longer than Discord keeps the token
+    bot.generator.hold.set()
+    await wait_until(lambda: any(c.status == status for c in bot.discord.calls), "Discord to refuse the answer")
+    await bot.adapter.close()  # lets the answer finish whatever it still does
+
+    assert [c.status for c in bot.discord.calls if token in c.path] == [200, status]  # deferred; then no retries
+    logged = [r for r in caplog.records if r.name.startswith("bot.")]
+    assert [r.levelno for r in logged if "expired" in r.getMessage()] == [logging.WARNING]
+    assert [r for r in logged if r.levelno >= logging.ERROR or r.exc_info] == []  # no tracebacks, no errors
