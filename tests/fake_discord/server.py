@@ -23,6 +23,8 @@ from tests.fake_discord import payloads as p
 
 Json = dict[str, Any]
 API = "/api/v10"
+# Intents a bot may ask for only once its owner enabled them in the developer portal: members, presences, content.
+PRIVILEGED_INTENTS = (1 << 1, 1 << 8, 1 << 15)
 
 
 @dataclass
@@ -59,9 +61,10 @@ class Posted:
 
 
 class FakeDiscord:
-    def __init__(self, token: str, *, application: Json | None = None) -> None:
+    def __init__(self, token: str, *, application: Json | None = None, privileged_intents: int = 0) -> None:
         self.token = token
         self.application = application or p.application()
+        self.privileged_intents = privileged_intents  # which the developer portal has enabled for this bot
         self.calls: list[Call] = []
         self.posted: dict[str, Posted] = {}  # id -> message, in posting order
         self.history: dict[str, list[Json]] = {}  # channel id -> messages users wrote (what GET history returns)
@@ -144,6 +147,14 @@ class FakeDiscord:
         message = {50027: "Invalid Webhook Token", 10015: "Unknown Webhook"}[code]
         self.expired[token] = Refusal(status, message, code)
 
+    async def reset_token(self, new_token: str) -> None:
+        """The owner resets the bot token in the developer portal: the old one stops working at once, for REST and
+        for the gateway, which closes the connection with 4004 (Authentication failed)."""
+        self.token = new_token
+        self._live = self._ready = False
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.close(code=4004, message=b"Authentication failed.")
+
     async def drop_connection(self) -> None:
         """Close the gateway socket the way Discord does on a hiccup (4000: unknown error, resumable)."""
         assert self._socket is not None
@@ -192,6 +203,9 @@ class FakeDiscord:
     async def _identify(self, socket: web.WebSocketResponse, data: Json) -> None:
         if data["token"] != self.token:
             await socket.close(code=4004, message=b"Authentication failed.")
+            return
+        if any(data["intents"] & bit and not self.privileged_intents & bit for bit in PRIVILEGED_INTENTS):
+            await socket.close(code=4014, message=b"Disallowed intent(s).")
             return
         self.identifies.append(data)
         self._session_id, self._events, self._live = uuid.uuid4().hex, [], True

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 import discord
 from discord import app_commands
 
-from bot.adapters.discord.client import build_client, webhooks_at
+from bot.adapters.discord.client import UNREACHABLE, build_client, webhooks_at
 from bot.adapters.discord.commands import build_commands
 from bot.adapters.discord.config import DiscordConfig
 from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, REFUSED, ChannelSink, InteractionSink
+from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction
 from bot.adapters.streaming import SinkReply
 from bot.core.commands import parse_command
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 RESTARTING = "I'm restarting right now; please try again in a minute."
 CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
+GATEWAY_AUTHENTICATION_FAILED = 4004  # the close code for a token the gateway does not accept (any more)
+WRONG_TOKEN = (
+    "Discord refused the bot token: copy the current one from the developer portal (your application -> Bot -> "
+    "Reset Token) into SCRATCHBOT_DISCORD_TOKEN and start the bot again"
+)
+INTENT_NOT_ENABLED = (
+    'Discord refused the message content intent: enable "Message Content Intent" on the Bot page of the developer '
+    "portal, or unset SCRATCHBOT_DISCORD_MESSAGE_CONTENT"
+)
 # Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
 TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/interactions/\d+/)[^/\s?'\"]+"))
 
@@ -44,12 +54,14 @@ class DiscordAdapter:
         self._config = config
         self._owner_ids: frozenset[int] = frozenset()
         self._closing = False
+        self._served = False  # the gateway said READY once: from then on a refusal ends serving, not the start
         self._answering: set[asyncio.Task[object]] = set()
         install_redaction("discord", SecretRedactingFilter([config.token], TOKEN_PATHS))
         self._client = build_client(config, intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
         # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.
         self._client.setup_hook = self._setup_hook  # type: ignore[method-assign]
+        self._client.on_connect = self._on_connect  # type: ignore[attr-defined]
         self._client.on_message = self._on_message  # type: ignore[attr-defined]
         self._client.on_raw_message_delete = self._on_raw_message_delete  # type: ignore[attr-defined]
         self._client.on_raw_bulk_message_delete = self._on_raw_bulk_message_delete  # type: ignore[attr-defined]
@@ -60,10 +72,32 @@ class DiscordAdapter:
             self._tree.add_command(command)
 
     async def run(self) -> None:
-        """Log in, connect, serve until `close`. A bad token raises discord.LoginFailure."""
+        """Log in, connect, serve until `close`. Raises `PlatformStartError` when Discord cannot be used at all (not
+        reachable, the token refused, the message content intent not enabled), and `CredentialsRevoked` when it
+        refuses us while serving; each says what to do in one sentence. Dropped connections discord.py resumes."""
         with webhooks_at(self._config):  # the tasks discord.py starts from here on answer interactions there
             async with self._client:
-                await self._client.start(self._config.token)
+                try:
+                    await self._client.login(self._config.token)
+                except discord.LoginFailure:
+                    raise PlatformStartError(WRONG_TOKEN) from None
+                except UNREACHABLE as e:  # connection refused, no such host, timed out
+                    raise PlatformStartError(
+                        f"cannot reach Discord at {self._config.api_url} ({e}): check the network, and "
+                        "SCRATCHBOT_DISCORD_API_URL if you set it"
+                    ) from None
+                try:
+                    await self._client.connect()
+                except discord.PrivilegedIntentsRequired:  # gateway close 4014, at the first IDENTIFY or a later one
+                    raise self._refused(INTENT_NOT_ENABLED) from None
+                except discord.ConnectionClosed as e:
+                    if e.code != GATEWAY_AUTHENTICATION_FAILED:
+                        raise
+                    raise self._refused(WRONG_TOKEN) from None
+
+    def _refused(self, what_to_do: str) -> PlatformStartError | CredentialsRevoked:
+        """Discord refused us for good: before we served anyone the service cannot start; after, Discord stops."""
+        return CredentialsRevoked(what_to_do) if self._served else PlatformStartError(what_to_do)
 
     async def close(self) -> None:
         self._closing = True
@@ -88,6 +122,9 @@ class DiscordAdapter:
                 log.exception("could not publish the application commands")
             else:
                 log.info("published %d application commands", len(synced))
+
+    async def _on_connect(self) -> None:  # READY: the gateway took our IDENTIFY
+        self._served = True
 
     # -- messages ------------------------------------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ from bot.adapters.discord.config import DiscordConfig
 
 log = logging.getLogger(__name__)
 
+# What a call raises when Discord cannot be reached: refused, no such host (both OSErrors), or no answer in time.
+UNREACHABLE = (OSError, TimeoutError, aiohttp.ClientConnectionError)
+
 
 def build_client(config: DiscordConfig, **options: Any) -> discord.Client:
     """A `discord.Client` (``options`` as discord.py takes them) that talks to Discord at ``config.api_url``."""

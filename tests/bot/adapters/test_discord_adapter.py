@@ -12,10 +12,9 @@ import dataclasses
 import itertools
 import logging
 
-import discord
 import pytest
 
-from bot.adapters.discord import MESSAGE_LIMIT, RESTARTING, DiscordAdapter, DiscordConfig
+from bot.adapters.discord import MESSAGE_LIMIT, RESTARTING, DiscordConfig
 from bot.adapters.redaction import REDACTED
 from bot.core.conversation import ConversationManager
 from storage.records import ConversationKey, Role, dm_tenant
@@ -26,13 +25,11 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     application_fixture,
     bot_fixture,
     checkpoints_fixture,
-    config_for,
     generator_fixture,
     manager_fixture,
     poll,
     wait_until,
 )
-from tests.fake_discord import FakeDiscord
 from tests.fake_discord import payloads as p
 
 GUILD_CHANNEL = ConversationKey("discord", p.GUILD_ID, p.CHANNEL_ID)
@@ -329,19 +326,6 @@ async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cu
     await asyncio.wait_for(bot.adapter.close(), 20)
     [reply] = bot.chain(question["id"])
     assert reply.content and not reply.content.endswith("…")  # what arrived, shown as it ended
-
-
-async def test_a_wrong_token_stops_run_with_discords_refusal(manager) -> None:
-    fake = FakeDiscord(TOKEN)
-    await fake.start()
-    try:
-        adapter = DiscordAdapter(manager, config_for(fake, token="not-the-token"))
-        with pytest.raises(discord.LoginFailure):
-            await asyncio.wait_for(adapter.run(), 20)
-        await adapter.close()  # safe after run ended, and again
-        await adapter.close()
-    finally:
-        await fake.close()
 
 
 def test_the_config_never_shows_its_token() -> None:

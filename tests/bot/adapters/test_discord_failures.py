@@ -1,23 +1,27 @@
 """When Discord says no, through the real discord.py client and a fake Discord: a rate limit longer than the
 configured ceiling fails the call at once (the caller decides what to do with the wait) instead of hanging it, for
 one route and for Discord's global limit alike; a command whose answer failed says so where it said "thinking…";
-an answer whose interaction expired is dropped with one line in the log, not retried."""
+an answer whose interaction expired is dropped with one line in the log, not retried; a Discord that cannot be used
+stops `run` with one sentence saying what to do (`PlatformStartError` before serving, `CredentialsRevoked` after)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bot.adapters.discord import DiscordAdapter
+from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.adapters.streaming import RateLimited
 from bot.core.conversation import FAILED
 from bot.core.messages import Incoming, Reply
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
     TOKEN,
+    WAIT_S,
     Bot,
     application_fixture,
     bot_fixture,
@@ -128,3 +132,52 @@ async def test_an_answer_whose_interaction_expired_is_dropped_with_one_line(
     logged = [r for r in caplog.records if r.name.startswith("bot.")]
     assert [r.levelno for r in logged if "expired" in r.getMessage()] == [logging.WARNING]
     assert [r for r in logged if r.levelno >= logging.ERROR or r.exc_info] == []  # no tracebacks, no errors
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused, as to a Discord that is not there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+STARTS = {  # how Discord can refuse the bot before it serves anyone -> what the one sentence must tell the operator
+    "wrong token": ({"token": "not-the-token"}, r"^Discord refused the bot token: .*SCRATCHBOT_DISCORD_TOKEN"),
+    "intent not enabled": (
+        {"message_content": True},
+        r"^Discord refused .*\"Message Content Intent\".* or unset SCRATCHBOT_DISCORD_MESSAGE_CONTENT",
+    ),
+    "unreachable": (
+        {"api_url": "http://127.0.0.1:{port}/api/v10"},
+        r"^cannot reach Discord at http://127\.0\.0\.1:\d+/api/v10 .*SCRATCHBOT_DISCORD_API_URL",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STARTS)
+async def test_a_discord_that_cannot_be_used_stops_run_with_one_sentence_saying_what_to_do(
+    manager, fake: FakeDiscord, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    options, says = STARTS[case]
+    options = {k: v.format(port=closed_port()) if k == "api_url" else v for k, v in options.items()}
+    adapter = DiscordAdapter(manager, config_for(fake, **options))
+    with pytest.raises(PlatformStartError, match=says) as refused:
+        await asyncio.wait_for(adapter.run(), WAIT_S)
+    assert "\n" not in str(refused.value)
+    assert [r for r in caplog.records if r.exc_info] == []  # nobody logged a traceback on the way
+    await adapter.close()  # safe after run ended, and again
+    await adapter.close()
+
+
+async def test_a_token_reset_while_serving_stops_discord_saying_which_setting_to_fix(
+    manager, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = DiscordAdapter(manager, config_for(fake))
+    with pytest.raises(CredentialsRevoked, match=r"SCRATCHBOT_DISCORD_TOKEN") as revoked:
+        async with serving(adapter, fake) as task:
+            started = time.monotonic()
+            await fake.reset_token("a-new-token")  # someone pressed Reset Token in the developer portal
+            await asyncio.wait([task], timeout=WAIT_S)
+            assert time.monotonic() - started < FAST_S  # at once, not after reconnect attempts
+    assert "\n" not in str(revoked.value)
+    assert [r for r in caplog.records if r.exc_info] == []

@@ -1,5 +1,6 @@
 """`scratchbot run` with Discord, configured by settings alone: it serves the Discord the settings name (a fake one
-here, on 127.0.0.1), and a Discord it cannot use stops it with one line saying what to do."""
+here, on 127.0.0.1), and a Discord it cannot use (a wrong token, the message content intent not enabled, nothing
+listening) stops it with one line saying what to do, and status 2."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 
 from bot.adapters.discord import DiscordAdapter
 from bot.app import run_service
+from bot.cli.main import main
 from bot.settings import Settings
 from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
@@ -27,6 +29,7 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     serving,
     wait_until,
 )
+from tests.bot.adapters.test_discord_failures import closed_port
 from tests.fake_discord import FakeDiscord
 from tests.fake_discord import payloads as p
 from tests.llm.conftest import make_model
@@ -97,3 +100,33 @@ async def test_two_clients_in_one_process_each_talk_to_their_own_discord(manager
         assert base == Route.BASE  # nothing process-wide was moved
     finally:
         await other.close()
+
+
+START_FAILURES = {  # the settings -> what the one line must name
+    "wrong token": ({"DISCORD_TOKEN": "not-the-token"}, "Discord refused the bot token"),
+    "intent not enabled": ({"DISCORD_MESSAGE_CONTENT": "true"}, '"Message Content Intent"'),
+    "unreachable": ({"DISCORD_API_URL": "http://127.0.0.1:{port}/api/v10"}, "cannot reach Discord at"),
+}
+
+
+@pytest.mark.parametrize("case", START_FAILURES)
+async def test_run_stops_with_one_line_and_status_2_when_discord_cannot_be_used(
+    checkpoint: Path,
+    fake: FakeDiscord,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    settings, says = START_FAILURES[case]
+    environment = {"CHECKPOINT": str(checkpoint), "PRECISION": "fp32", "DISCORD_TOKEN": TOKEN}
+    environment |= {"DISCORD_API_URL": fake.api_base} | settings
+    for name, value in environment.items():
+        monkeypatch.setenv(f"SCRATCHBOT_{name}", value.format(port=closed_port()))
+    # `scratchbot run` runs its own event loop; this test's loop serves the fake Discord meanwhile.
+    status = await asyncio.wait_for(asyncio.to_thread(main, ["run"]), 120)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("scratchbot: error: ") and says in err and err.count("\n") == 1, err
+    assert "SCRATCHBOT_" in err  # the sentence names the setting to look at
+    assert "Traceback" not in err and [r for r in caplog.records if r.exc_info] == []
