@@ -296,7 +296,7 @@ def _intents(config: DiscordConfig) -> discord.Intents:
     """Only what the bot uses. Message content is privileged and not needed: Discord includes the content of
     messages that mention the bot, of DMs, and of a context menu's target message."""
     intents = discord.Intents.none()
-    intents.guilds = True  # joins and removals (purge), the channel and thread cache (a thread's parent)
+    intents.guilds = True  # joins, removals, deleted channels and threads (purges); the channel and thread cache
     intents.guild_messages = True  # mentions in channels and threads, and their deletion
     intents.dm_messages = True  # direct messages and their deletion
     intents.message_content = config.message_content
