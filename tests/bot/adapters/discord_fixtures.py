@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -172,6 +173,22 @@ async def serving(adapter: DiscordAdapter, fake: FakeDiscord) -> AsyncIterator[a
     finally:
         await adapter.close()
         await asyncio.wait_for(task, WAIT_S)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused, as to a Discord that is not there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(name="fake")
+async def fake_fixture() -> AsyncIterator[FakeDiscord]:
+    """A fake Discord for a test that connects its own adapter (or the whole service) to it."""
+    discord = FakeDiscord(TOKEN)
+    await discord.start()
+    yield discord
+    await discord.close()
 
 
 @pytest.fixture(name="bot")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -26,7 +25,9 @@ from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, regi
     application_fixture,
     bot_fixture,
     checkpoints_fixture,
+    closed_port,
     config_for,
+    fake_fixture,
     generator_fixture,
     manager_fixture,
     serving,
@@ -55,14 +56,6 @@ class ProbeCore:
             self.outcomes.append((e, time.monotonic() - started))
         else:
             self.outcomes.append((None, time.monotonic() - started))
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    discord = FakeDiscord(TOKEN)
-    await discord.start()
-    yield discord
-    await discord.close()
 
 
 @pytest.fixture
@@ -132,13 +125,6 @@ async def test_an_answer_whose_interaction_expired_is_dropped_with_one_line(
     logged = [r for r in caplog.records if r.name.startswith("bot.")]
     assert [r.levelno for r in logged if "expired" in r.getMessage()] == [logging.WARNING]
     assert [r for r in logged if r.levelno >= logging.ERROR or r.exc_info] == []  # no tracebacks, no errors
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: connecting is refused, as to a Discord that is not there."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 STARTS = {  # how Discord can refuse the bot before it serves anyone -> what the one sentence must tell the operator

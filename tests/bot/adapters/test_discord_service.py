@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,14 @@ from llm.config import GPTConfig
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
     TOKEN,
     checkpoints_fixture,
+    closed_port,
     config_for,
+    fake_fixture,
     generator_fixture,
     manager_fixture,
     serving,
     wait_until,
 )
-from tests.bot.adapters.test_discord_failures import closed_port
 from tests.fake_discord import FakeDiscord
 from tests.fake_discord import payloads as p
 from tests.llm.conftest import make_model
@@ -42,14 +42,6 @@ def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(make_model(CONFIG, seed=1), path)
     return path
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    discord = FakeDiscord(TOKEN)
-    await discord.start()
-    yield discord
-    await discord.close()
 
 
 def mention(text: str) -> dict:
@@ -90,13 +82,16 @@ async def test_two_clients_in_one_process_each_talk_to_their_own_discord(manager
         second = DiscordAdapter(manager, config_for(other))
         async with serving(first, fake), serving(second, other):
             questions = {fake: mention("to the first"), other: mention("to the second")}
+            commands = {fake: "aW50ZXJhY3Rpb246" + p.snowflake(), other: "aW50ZXJhY3Rpb246" + p.snowflake()}
             for discord, question in questions.items():
                 await discord.dispatch("MESSAGE_CREATE", question)
-            for discord, question in questions.items():
+                await discord.dispatch("INTERACTION_CREATE", p.interaction(p.slash("model"), commands[discord]))
+            for discord, question in questions.items():  # each answered by its own client, on its own Discord
                 assert await answered(discord, question) == "The answer is 4."
-                assert [c.path for c in discord.calls_to("POST", r"/channels/\d+/messages")] == [
-                    f"/channels/{p.CHANNEL_ID}/messages"
-                ]  # its own answer only
+                assert len(discord.calls_to("POST", r"/channels/\d+/messages")) == 1
+                # Interaction responses take discord.py's other path (its webhook adapter): per client too.
+                await wait_until(lambda d=discord: any(m.content for m in d.answers_for(commands[d])), "/model")
+                assert len(discord.calls_to("POST", r"/interactions/\d+/[^/]+/callback")) == 1
         assert base == Route.BASE  # nothing process-wide was moved
     finally:
         await other.close()
