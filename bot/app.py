@@ -51,6 +51,8 @@ def _discord_adapter(manager: ConversationManager, settings: Settings) -> Platfo
         manager,
         DiscordConfig(
             token=settings.discord_token.get_secret_value(),
+            api_url=settings.discord_api_url,
+            rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
             message_content=settings.discord_message_content,
             close_grace_s=settings.shutdown_grace_s,
         ),

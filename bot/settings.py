@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # --- platforms: an adapter starts when its token is set; with none, `scratchbot run` opens the console
     discord_token: SecretStr | None = None
     discord_message_content: bool = False  # privileged intent: lets /summarize read messages that do not mention us
+    # Discord's REST API, or a REST proxy in front of it; the gateway is the one this API names (GET /gateway/bot)
+    discord_api_url: str = "https://discord.com/api/v10"
+    # The longest one call to Discord waits out a rate limit (429); one asking for longer fails that call at once
+    # instead of stalling the bot. At least 30: discord.py itself waits out anything shorter.
+    rate_limit_max_wait_s: float = Field(30.0, ge=30, le=3600, allow_inf_nan=False)
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None  # Socket Mode
     slack_signing_secret: SecretStr | None = None  # HTTP mode
@@ -112,6 +117,13 @@ class Settings(BaseSettings):
             if not SLACK_ADMIN.fullmatch(pair):
                 raise ValueError(f"{pair!r} is not TEAM:USER, e.g. T0123ABC:U0456DEF (workspace id, then member id)")
         return ids
+
+    @field_validator("discord_api_url")
+    @classmethod
+    def _an_http_url(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ValueError(f"{url!r} is not an http(s) URL without query, e.g. https://discord.com/api/v10")
+        return url.rstrip("/")
 
     @field_validator("data_dir")
     @classmethod

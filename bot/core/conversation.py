@@ -20,7 +20,7 @@ from bot.core.answering import Answerer
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig, ChannelSettings
 from bot.core.events import PlatformEvents
-from bot.core.messages import Incoming, ReadRefused, Reply
+from bot.core.messages import Incoming, ReadRefused, Reply, ReplyRefused
 from bot.core.ratelimit import RateLimiter, SenderLimits, wait_message
 from bot.core.user_commands import HELP, UserCommands
 from bot.inference.generator import (
@@ -130,6 +130,8 @@ class ConversationManager:
                 await self._commands[incoming.command](incoming, reply)
         except ReadRefused:
             return  # the adapter has told the user why it could not read the conversation
+        except ReplyRefused:
+            return  # the adapter has logged why the platform takes no more; no one is left to tell
         except asyncio.CancelledError:
             raise
         except Exception as e:

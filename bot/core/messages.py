@@ -31,6 +31,11 @@ class ReadRefused(Exception):  # noqa: N818 (what happened, not an error of ours
     told the user why, so there is nothing more to say."""
 
 
+class ReplyRefused(Exception):  # noqa: N818 (what happened, not an error of ours)
+    """The platform takes no more of this answer, for good (the interaction it answers has expired): the adapter has
+    logged why, and no one could read a notice, so the core stops the answer without trying again or an error."""
+
+
 # Reads the conversation's newest ``count`` messages from the platform, oldest first, for `summarize`: None when the
 # platform shows no text (the core then summarizes what it has stored), ReadRefused after telling the user. Called
 # by the core only after it has checked the request (a redelivery, a bad count, the rate limit).

@@ -36,7 +36,9 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
     [("TEMPERATURE", "5"), ("TEMPERATURE", "nan"), ("DATABASE_STATEMENT_TIMEOUT_S", "1e7"),
      ("DATABASE_STATEMENT_TIMEOUT_S", "inf"), ("DATABASE_STATEMENT_TIMEOUT_S", "0.0001"),
      ("DATABASE_CONNECT_TIMEOUT_S", "1e-9"), ("REQUEST_TIMEOUT_S", "inf"), ("RETENTION_DAYS", "1000000000"),
-     ("SUMMARIZE_DEFAULT", "501"), ("SHUTDOWN_GRACE_S", "nan")],
+     ("SUMMARIZE_DEFAULT", "501"), ("SHUTDOWN_GRACE_S", "nan"), ("DISCORD_API_URL", "discord.com/api/v10"),
+     ("DISCORD_API_URL", "https://discord.com/api/v10?x=1"), ("RATE_LIMIT_MAX_WAIT_S", "10"),
+     ("RATE_LIMIT_MAX_WAIT_S", "inf")],
 )  # fmt: skip
 def test_values_that_would_break_the_bot_are_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str

@@ -16,6 +16,7 @@ GUILD_ID = "1200000000000000001"
 CHANNEL_ID = "1300000000000000001"
 THREAD_ID = "1300000000000000002"
 UNCACHED_THREAD_ID = "1300000000000000003"  # a thread the gateway never announced: looked up by REST
+OTHER_CHANNEL_ID = "1300000000000000004"  # a second text channel of the guild
 DM_CHANNEL_ID = "1300000000000000009"
 USER_ID = "1400000000000000001"
 OWNER_ID = "1400000000000000002"
@@ -66,8 +67,8 @@ def text_channel(channel_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> Json
         "id": channel_id,
         "type": 0,
         "guild_id": guild_id,
-        "name": "general",
-        "position": 0,
+        "name": "general" if channel_id == CHANNEL_ID else f"channel-{channel_id[-4:]}",
+        "position": 0 if channel_id == CHANNEL_ID else 1,
         "permission_overwrites": [],
         "nsfw": False,
         "parent_id": None,
@@ -129,7 +130,7 @@ def guild(guild_id: str = GUILD_ID) -> Json:
         "emojis": [],
         "stickers": [],
         "features": [],
-        "channels": [text_channel(guild_id=guild_id)],
+        "channels": [text_channel(guild_id=guild_id), text_channel(OTHER_CHANNEL_ID, guild_id)],
         "threads": [thread(guild_id=guild_id)],
         "members": [member(BOT)],
         "presences": [],
@@ -178,6 +179,16 @@ def message(
     if webhook_id is not None:
         data["webhook_id"] = webhook_id
     return data
+
+
+def bulk_delete(channel_id: str, message_ids: list[str], guild_id: str = GUILD_ID) -> Json:
+    """MESSAGE_DELETE_BULK: a moderator (or a bot) deleted many messages of one channel or thread at once."""
+    return {"ids": list(message_ids), "channel_id": channel_id, "guild_id": guild_id}
+
+
+def thread_delete(thread_id: str, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> Json:
+    """THREAD_DELETE: Discord sends only the ids and the type, not the whole thread."""
+    return {"id": thread_id, "guild_id": guild_id, "parent_id": parent_id, "type": 11}
 
 
 def ready(session_id: str, resume_url: str) -> Json:

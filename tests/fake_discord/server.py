@@ -3,7 +3,8 @@
 Every REST call is recorded with its JSON body. Messages the bot posts (in channels, or as interaction responses
 and follow-ups) are kept with their edits, so a test reads what a user would see. The gateway follows Discord's
 session protocol: HELLO, IDENTIFY -> READY + GUILD_CREATE, heartbeats, and RESUME after a dropped connection,
-which replays the events the client missed and then says RESUMED. Frames go out as uncompressed text: discord.py
+which replays the events the client missed and then says RESUMED. Deleting channels, threads and many messages at
+once sends the gateway events Discord sends, in their shape. Frames go out as uncompressed text: discord.py
 asks for zlib-stream but reads text frames as they are, as Discord's own uncompressed mode sends them.
 """
 
@@ -22,6 +23,8 @@ from tests.fake_discord import payloads as p
 
 Json = dict[str, Any]
 API = "/api/v10"
+# Intents a bot may ask for only once its owner enabled them in the developer portal: members, presences, content.
+PRIVILEGED_INTENTS = (1 << 1, 1 << 8, 1 << 15)
 
 
 @dataclass
@@ -32,6 +35,14 @@ class Call:
     json: Any
     status: int = 200
     at: float = field(default_factory=time.monotonic)
+
+
+class Refusal(Exception):  # noqa: N818 -- Discord's answer, not an error of the fake's
+    """A route handler's way to answer with one of Discord's JSON errors ({"message", "code"})."""
+
+    def __init__(self, status: int, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
 
 
 @dataclass
@@ -50,9 +61,10 @@ class Posted:
 
 
 class FakeDiscord:
-    def __init__(self, token: str, *, application: Json | None = None) -> None:
+    def __init__(self, token: str, *, application: Json | None = None, privileged_intents: int = 0) -> None:
         self.token = token
         self.application = application or p.application()
+        self.privileged_intents = privileged_intents  # which the developer portal has enabled for this bot
         self.calls: list[Call] = []
         self.posted: dict[str, Posted] = {}  # id -> message, in posting order
         self.history: dict[str, list[Json]] = {}  # channel id -> messages users wrote (what GET history returns)
@@ -60,7 +72,9 @@ class FakeDiscord:
         self.resumes: list[Json] = []
         self.commands: list[Json] = []  # the last bulk overwrite
         self.autocomplete: dict[str, list[Json]] = {}  # interaction token -> the choices the bot answered with
-        self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
+        self.deleted_channels: set[str] = set()  # channels and threads deleted: REST answers Unknown Channel
+        self.expired: dict[str, Refusal] = {}  # interaction token -> how Discord refuses its webhook calls now
+        self._rate_limits: list[tuple[str, re.Pattern[str], float, bool]] = []
         self._session_id = ""
         self._events: list[Json] = []  # this session's dispatches, for replay on RESUME
         self._socket: web.WebSocketResponse | None = None
@@ -111,15 +125,46 @@ class FakeDiscord:
         if self._live and self._socket is not None and not self._socket.closed:
             await self._socket.send_str(json.dumps(frame))
 
+    async def delete_channel(self, channel: Json) -> None:
+        """Someone deleted a guild channel (with its threads): CHANNEL_DELETE carries the whole channel object."""
+        self.deleted_channels.add(channel["id"])
+        await self.dispatch("CHANNEL_DELETE", channel)
+
+    async def delete_thread(self, thread_id: str, parent_id: str = p.CHANNEL_ID) -> None:
+        """Someone deleted a thread: THREAD_DELETE carries its ids and type only."""
+        self.deleted_channels.add(thread_id)
+        await self.dispatch("THREAD_DELETE", p.thread_delete(thread_id, parent_id))
+
+    async def delete_messages(self, channel_id: str, message_ids: list[str]) -> None:
+        """A moderator deleted several messages of one channel or thread at once: one MESSAGE_DELETE_BULK."""
+        history = self.history.get(channel_id, [])
+        history[:] = [m for m in history if m["id"] not in message_ids]
+        await self.dispatch("MESSAGE_DELETE_BULK", p.bulk_delete(channel_id, message_ids))
+
+    def expire_interaction(self, token: str, status: int = 401, code: int = 50027) -> None:
+        """An interaction's token stops working (15 minutes after the interaction): its response and follow-ups are
+        refused, as Discord does, with 401 Invalid Webhook Token (50027) or 404 Unknown Webhook (10015)."""
+        message = {50027: "Invalid Webhook Token", 10015: "Unknown Webhook"}[code]
+        self.expired[token] = Refusal(status, message, code)
+
+    async def reset_token(self, new_token: str) -> None:
+        """The owner resets the bot token in the developer portal: the old one stops working at once, for REST and
+        for the gateway, which closes the connection with 4004 (Authentication failed)."""
+        self.token = new_token
+        self._live = self._ready = False
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.close(code=4004, message=b"Authentication failed.")
+
     async def drop_connection(self) -> None:
         """Close the gateway socket the way Discord does on a hiccup (4000: unknown error, resumable)."""
         assert self._socket is not None
         self._live = self._ready = False  # from now on events wait for the client to RESUME
         await self._socket.close(code=4000, message=b"fake hiccup")
 
-    def rate_limit_once(self, method: str, path_pattern: str, retry_after: float) -> None:
-        """The next call matching answers 429 with this retry_after (then the route works again)."""
-        self._rate_limits.append((method, re.compile(path_pattern), retry_after))
+    def rate_limit_once(self, method: str, path_pattern: str, retry_after: float, *, is_global: bool = False) -> None:
+        """The next call matching answers 429 with this retry_after (then the route works again). ``is_global``:
+        Discord's global limit (on every route of the bot), as Discord says it: "global" in the body and headers."""
+        self._rate_limits.append((method, re.compile(path_pattern), retry_after, is_global))
 
     def calls_to(self, method: str, path_pattern: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and re.fullmatch(path_pattern, c.path)]
@@ -159,6 +204,9 @@ class FakeDiscord:
         if data["token"] != self.token:
             await socket.close(code=4004, message=b"Authentication failed.")
             return
+        if any(data["intents"] & bit and not self.privileged_intents & bit for bit in PRIVILEGED_INTENTS):
+            await socket.close(code=4014, message=b"Disallowed intent(s).")
+            return
         self.identifies.append(data)
         self._session_id, self._events, self._live = uuid.uuid4().hex, [], True
         await self.dispatch("READY", p.ready(self._session_id, f"ws://{self.base_url.split('//')[1]}/gateway"))
@@ -190,20 +238,30 @@ class FakeDiscord:
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             call.status = 401
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        if is_webhook and (expired := self.expired.get(path.split("/")[3])):  # /webhooks/<app id>/<token>/...
+            call.status = expired.status
+            return _json({"message": expired.message, "code": expired.code}, status=expired.status)
         for limit in self._rate_limits:
-            method, pattern, retry_after = limit
+            method, pattern, retry_after, is_global = limit
             if method == request.method and pattern.fullmatch(path):
                 self._rate_limits.remove(limit)
                 call.status = 429
+                headers = {"Via": "1.1 google", "Retry-After": str(retry_after)}
+                if is_global:
+                    headers |= {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
                 return _json(
-                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global},
                     status=429,
-                    headers={"Via": "1.1 google", "Retry-After": str(retry_after)},
+                    headers=headers,
                 )
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)
             if method == request.method and match:
-                result = handler(body, request.query, *match.groups())
+                try:
+                    result = handler(body, request.query, *match.groups())
+                except Refusal as refused:
+                    call.status = refused.status
+                    return _json({"message": refused.message, "code": refused.code}, status=refused.status)
                 if result is None:
                     return web.Response(status=204)
                 return _json(result)
@@ -253,6 +311,8 @@ class FakeDiscord:
         return self.commands
 
     def _get_channel(self, _body: Any, _query: Any, channel_id: str) -> Json:
+        if channel_id in self.deleted_channels:
+            raise Refusal(404, "Unknown Channel", 10003)
         if channel_id == p.DM_CHANNEL_ID:
             return p.dm_channel(p.ALICE)
         if channel_id in (p.THREAD_ID, p.UNCACHED_THREAD_ID):

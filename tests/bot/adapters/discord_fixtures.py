@@ -7,17 +7,16 @@ the Slack tests next door keep their own `manager` and `generator` to themselves
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
-import yarl
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
 from bot.adapters.discord import DiscordAdapter, DiscordConfig
 from bot.core.auth import AdminPolicy
@@ -148,25 +147,57 @@ def application_fixture(request: pytest.FixtureRequest) -> dict:
     return getattr(request, "param", None) or p.application()
 
 
-def point_discord_py_at(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
-    """discord.py talks to Discord's fixed addresses, kept in class attributes; this test's client talks to the fake."""
-    monkeypatch.setattr(Route, "BASE", fake.api_base)
-    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+def config_for(fake: FakeDiscord, **options: Any) -> DiscordConfig:
+    """The adapter's configuration for talking to ``fake``: its address is all that differs from Discord's."""
+    return DiscordConfig(
+        **{
+            "token": TOKEN,
+            "api_url": fake.api_base,
+            "rate_limit_max_wait_s": 30.0,
+            "edit_interval_s": EDIT_INTERVAL_S,
+            "close_grace_s": 5.0,
+        }
+        | options
+    )
 
 
-@pytest.fixture(name="bot")
-async def bot_fixture(manager, generator, store, application, monkeypatch) -> AsyncIterator[Bot]:
-    fake = FakeDiscord(TOKEN, application=application)
-    await fake.start()
-    point_discord_py_at(fake, monkeypatch)
-    adapter = DiscordAdapter(manager, DiscordConfig(token=TOKEN, edit_interval_s=EDIT_INTERVAL_S, close_grace_s=5.0))
+@contextlib.asynccontextmanager
+async def serving(adapter: DiscordAdapter, fake: FakeDiscord) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``adapter`` until it is connected to ``fake``; close it (and wait for `run` to end) on the way out."""
     task = asyncio.create_task(adapter.run())
     try:
         await wait_until(lambda: fake.connected or task.done(), "the bot to connect")
         if task.done():
             task.result()  # raise what stopped it
-        yield Bot(fake, adapter, generator, store, task)
+        yield task
     finally:
         await adapter.close()
         await asyncio.wait_for(task, WAIT_S)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused, as to a Discord that is not there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(name="fake")
+async def fake_fixture() -> AsyncIterator[FakeDiscord]:
+    """A fake Discord for a test that connects its own adapter (or the whole service) to it."""
+    discord = FakeDiscord(TOKEN)
+    await discord.start()
+    yield discord
+    await discord.close()
+
+
+@pytest.fixture(name="bot")
+async def bot_fixture(manager, generator, store, application) -> AsyncIterator[Bot]:
+    fake = FakeDiscord(TOKEN, application=application)
+    await fake.start()
+    adapter = DiscordAdapter(manager, config_for(fake))
+    try:
+        async with serving(adapter, fake) as task:
+            yield Bot(fake, adapter, generator, store, task)
+    finally:
         await fake.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from bot.core.admin import NOT_ADMIN
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
 from bot.core.conversation import BUSY, CHAT_OFF, FAILED_SAVED, TENANT_BUSY, ConversationManager, ManagerConfig
-from bot.core.messages import Incoming, ReadRefused, TranscriptLine
+from bot.core.messages import Incoming, ReadRefused, ReplyRefused, TranscriptLine
 from bot.core.ratelimit import RateLimiter
 from bot.core.user_commands import HELP, forgotten
 from bot.inference.generator import GenerationTimeout, GeneratorBusy, TenantBusy
@@ -118,6 +120,25 @@ async def test_busy_and_timeouts_are_explained_and_the_message_is_kept(manager, 
     assert (await ask(manager, replace(MSG, message_id="m3"))).sent == [FAILED_SAVED]
     texts = [m.text for m in await store.recent_history(KEY)]
     assert texts == ["What is 2+2?"] * 3  # every user message is stored, no half answers
+
+
+class ExpiredReply(RecordingReply):
+    """A platform that stops taking the answer for good after its first words (an expired interaction)."""
+
+    async def stream(self, deltas: AsyncIterator[str]) -> str:
+        async for _ in deltas:
+            raise ReplyRefused("the interaction has expired")
+        return ""
+
+
+async def test_an_answer_the_platform_no_longer_takes_ends_without_a_notice_or_an_error(
+    manager, store, caplog: pytest.LogCaptureFixture
+) -> None:
+    reply = ExpiredReply()
+    await manager.handle(MSG, reply)
+    assert reply.sent == []  # no "something went wrong": nowhere to show it
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # the adapter said why, once
+    assert [m.text for m in await store.recent_history(KEY)] == ["What is 2+2?"]  # the question kept, no half answer
 
 
 async def test_busy_raised_at_submit_is_a_busy_message(manager, generator) -> None:

@@ -1,9 +1,5 @@
-"""Discord: the only module that imports discord.py.
-
-Turns mentions, DMs, slash commands and message context menus into `Incoming` for the core, and answers through
-`StreamedMessages` (a reply edited about once a second, split at 2,000 characters). Nothing the bot sends can ping:
-`allowed_mentions` is none on the client and on every call. Deleted messages and guilds the bot leaves are purged
-from storage through raw gateway events, so messages sent before a restart are covered too.
+"""The Discord adapter: mentions, DMs, slash commands and context menus in as `Incoming`, answers out through
+`StreamedMessages`; what happens on Discord's side (deletions, a removed guild) reaches storage.
 
 Scope of a conversation: guild + channel + thread (a thread is its own conversation; a reply chain is part of its
 channel's). DMs are filed under `dm_tenant(user)`.
@@ -16,14 +12,18 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import discord
 from discord import app_commands
 
-from bot.adapters.redaction import SecretRedactingFilter, install_redaction
+from bot.adapters.discord.client import UNREACHABLE, build_client, webhooks_at
+from bot.adapters.discord.commands import build_commands
+from bot.adapters.discord.config import DiscordConfig
+from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, REFUSED, ChannelSink, InteractionSink
+from bot.adapters.platform import CredentialsRevoked, PlatformStartError
+from bot.adapters.redaction import SecretRedactingFilter, install_redaction, secret_path
 from bot.adapters.streaming import SinkReply
-from bot.core.commands import SUMMARIZE_MAX, parse_command, quote_language
+from bot.core.commands import parse_command
 from bot.core.messages import Core, Incoming, TranscriptLine, TranscriptReader
 from bot.draining import drain
 from storage.records import dm_tenant
@@ -31,21 +31,19 @@ from storage.records import dm_tenant
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
-MESSAGE_LIMIT = 2000  # Discord's limit on a message's content, in characters
-NO_MENTIONS = discord.AllowedMentions.none()  # model output may contain @everyone or <@&role>: shown, never pinged
 RESTARTING = "I'm restarting right now; please try again in a minute."
 CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
+GATEWAY_AUTHENTICATION_FAILED = 4004  # the close code for a token the gateway does not accept (any more)
+WRONG_TOKEN = (
+    "Discord refused the bot token: copy the current one from the developer portal (your application -> Bot -> "
+    "Reset Token) into SCRATCHBOT_DISCORD_TOKEN and start the bot again"
+)
+INTENT_NOT_ENABLED = (
+    'Discord refused the message content intent: enable "Message Content Intent" on the Bot page of the developer '
+    "portal, or unset SCRATCHBOT_DISCORD_MESSAGE_CONTENT"
+)
 # Interaction tokens travel in REST paths: /webhooks/<app id>/<token>/... and /interactions/<id>/<token>/callback.
-TOKEN_PATHS = (re.compile(r"(/webhooks/\d+/)[^/\s?'\"]+"), re.compile(r"(/interactions/\d+/)[^/\s?'\"]+"))
-
-
-@dataclass(frozen=True)
-class DiscordConfig:
-    token: str = field(repr=False)  # the bot token (developer portal -> Bot -> Reset Token); never logged or shown
-    edit_interval_s: float = 1.0  # at most one edit of a streamed reply per this many seconds (Discord allows ~5/5 s)
-    sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
-    message_content: bool = False  # privileged intent; only lets /summarize read messages that do not mention us
-    close_grace_s: float = 30.0  # how long `close` lets answers in progress finish before disconnecting
+TOKEN_PATHS = (secret_path(r"/webhooks/\d+/"), secret_path(r"/interactions/\d+/"))
 
 
 class DiscordAdapter:
@@ -56,22 +54,50 @@ class DiscordAdapter:
         self._config = config
         self._owner_ids: frozenset[int] = frozenset()
         self._closing = False
+        self._served = False  # the gateway said READY once: from then on a refusal ends serving, not the start
         self._answering: set[asyncio.Task[object]] = set()
         install_redaction("discord", SecretRedactingFilter([config.token], TOKEN_PATHS))
-        self._client = discord.Client(intents=_intents(config), allowed_mentions=NO_MENTIONS)
+        self._client = build_client(config, intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
         # Composition over subclassing: discord.py looks hooks and handlers up as attributes of the client.
         self._client.setup_hook = self._setup_hook  # type: ignore[method-assign]
+        self._client.on_connect = self._on_connect  # type: ignore[attr-defined]
         self._client.on_message = self._on_message  # type: ignore[attr-defined]
         self._client.on_raw_message_delete = self._on_raw_message_delete  # type: ignore[attr-defined]
+        self._client.on_raw_bulk_message_delete = self._on_raw_bulk_message_delete  # type: ignore[attr-defined]
+        self._client.on_guild_channel_delete = self._on_guild_channel_delete  # type: ignore[attr-defined]
+        self._client.on_raw_thread_delete = self._on_raw_thread_delete  # type: ignore[attr-defined]
         self._client.on_guild_remove = self._on_guild_remove  # type: ignore[attr-defined]
-        for command in _commands(self):
+        for command in build_commands(self):
             self._tree.add_command(command)
 
     async def run(self) -> None:
-        """Log in, connect, serve until `close`. A bad token raises discord.LoginFailure."""
-        async with self._client:
-            await self._client.start(self._config.token)
+        """Log in, connect, serve until `close`. Raises `PlatformStartError` when Discord cannot be used at all (not
+        reachable, the token refused, the message content intent not enabled), and `CredentialsRevoked` when it
+        refuses us while serving; each says what to do in one sentence. Dropped connections discord.py resumes."""
+        with webhooks_at(self._config):  # the tasks discord.py starts from here on answer interactions there
+            async with self._client:
+                try:
+                    await self._client.login(self._config.token)
+                except discord.LoginFailure:
+                    raise PlatformStartError(WRONG_TOKEN) from None
+                except UNREACHABLE as e:  # connection refused, no such host, timed out
+                    raise PlatformStartError(
+                        f"cannot reach Discord at {self._config.api_url} ({e}): check the network, and "
+                        "SCRATCHBOT_DISCORD_API_URL if you set it"
+                    ) from None
+                try:
+                    await self._client.connect()
+                except discord.PrivilegedIntentsRequired:  # gateway close 4014, at the first IDENTIFY or a later one
+                    raise self._refused(INTENT_NOT_ENABLED) from None
+                except discord.ConnectionClosed as e:
+                    if e.code != GATEWAY_AUTHENTICATION_FAILED:
+                        raise
+                    raise self._refused(WRONG_TOKEN) from None
+
+    def _refused(self, what_to_do: str) -> PlatformStartError | CredentialsRevoked:
+        """Discord refused us for good: before we served anyone the service cannot start; after, Discord stops."""
+        return CredentialsRevoked(what_to_do) if self._served else PlatformStartError(what_to_do)
 
     async def close(self) -> None:
         self._closing = True
@@ -92,10 +118,13 @@ class DiscordAdapter:
         if self._config.sync_commands:
             try:
                 synced = await self._tree.sync()
-            except discord.HTTPException:  # the commands published last time keep working; chat needs none
+            except REFUSED:  # the commands published last time keep working; chat needs none
                 log.exception("could not publish the application commands")
             else:
                 log.info("published %d application commands", len(synced))
+
+    async def _on_connect(self) -> None:  # READY: the gateway took our IDENTIFY
+        self._served = True
 
     # -- messages ------------------------------------------------------------------------------------------------
 
@@ -109,7 +138,7 @@ class DiscordAdapter:
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # joins, pins, thread-created notices
         if self._closing:  # not answered here; say so rather than leave the question hanging
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(*REFUSED):
                 await message.reply(RESTARTING, allowed_mentions=NO_MENTIONS)
             return
         with self._answer_in_progress():  # from here on, before any await: `close` waits for this answer
@@ -169,22 +198,49 @@ class DiscordAdapter:
     # -- what happened on Discord's side -------------------------------------------------------------------------
 
     async def _on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
+        await self._messages_deleted(event.channel_id, event.guild_id, [event.message_id])
+
+    async def _on_raw_bulk_message_delete(self, event: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._messages_deleted(event.channel_id, event.guild_id, sorted(event.message_ids))
+
+    async def _messages_deleted(self, channel_id: int, guild_id: int | None, message_ids: list[int]) -> None:
+        """Raw events name the messages whether or not this client saw them: stored before a restart, too."""
         # An uncached thread or DM: ask which channel (or whose DM) it is.
-        channel = self._client.get_channel(event.channel_id) or await self._fetch_channel(event.channel_id)
-        if event.guild_id is not None:
-            tenant = str(event.guild_id)
-            where = channel.parent_id if isinstance(channel, discord.Thread) else event.channel_id
+        channel = self._client.get_channel(channel_id) or await self._fetch_channel(channel_id)
+        if guild_id is not None:
+            tenant = str(guild_id)
+            where = channel.parent_id if isinstance(channel, discord.Thread) else channel_id
         elif isinstance(channel, discord.DMChannel) and channel.recipient is not None:
-            tenant, where = dm_tenant(str(channel.recipient.id)), event.channel_id
+            tenant, where = dm_tenant(str(channel.recipient.id)), channel_id
         else:
-            log.info("message deleted in DM channel %s, which we cannot see", event.channel_id)
+            log.info("messages deleted in DM channel %s, which we cannot see", channel_id)
             return
-        await self._core.messages_deleted(PLATFORM, tenant, str(where), [str(event.message_id)])
+        await self._core.messages_deleted(PLATFORM, tenant, str(where), [str(i) for i in message_ids])
+
+    async def _on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        # discord.py has no raw CHANNEL_DELETE event, and needs none here: with the guilds intent every channel of
+        # every guild is cached (GUILD_CREATE lists them all, and nothing evicts them), so each deletion arrives.
+        if isinstance(channel, discord.CategoryChannel):
+            return  # a category holds channels, never messages; its channels are deleted (or moved) on their own
+        deleted = await self._core.channel_deleted(
+            PLATFORM, str(channel.guild.id), str(channel.id), reason="channel deleted"
+        )
+        log.info("channel %s deleted: %d stored messages purged", channel.id, deleted)
+
+    async def _on_raw_thread_delete(self, event: discord.RawThreadDeleteEvent) -> None:
+        if self._client.get_channel(event.parent_id) is None:
+            # The parent channel is gone: discord.py reports a deleted channel's cached threads as deleted too,
+            # after the channel itself, whose purge took its threads along.
+            return
+        deleted = await self._core.channel_deleted(
+            PLATFORM, str(event.guild_id), str(event.parent_id), str(event.thread_id), reason="thread deleted"
+        )
+        log.info("thread %s deleted: %d stored messages purged", event.thread_id, deleted)
 
     async def _fetch_channel(self, channel_id: int) -> object | None:
         try:
             return await self._client.fetch_channel(channel_id)
-        except discord.HTTPException as e:  # no access any more, or Discord is down: file it as best we can
+        except REFUSED as e:  # no access any more, Discord is down, or rate-limited: file it as best we can
             log.warning("could not look up Discord channel %s: %s", channel_id, e)
             return None
 
@@ -202,16 +258,17 @@ class DiscordAdapter:
         *,
         ephemeral: bool = False,
         transcript_of: discord.abc.Messageable | None = None,
-        before: discord.Message | None = None,
+        before: discord.Message | discord.Object | None = None,
     ) -> None:
         """Defer (Discord wants an answer within 3 s), then let the core answer into the deferred response."""
         if self._closing:
-            await interaction.response.send_message(RESTARTING, ephemeral=True)
+            with contextlib.suppress(*REFUSED):
+                await interaction.response.send_message(RESTARTING, ephemeral=True)
             return
         with self._answer_in_progress():  # before the first await: a deferred command must not be left "thinking"
             try:
                 await interaction.response.defer(thinking=True, ephemeral=ephemeral)
-            except discord.HTTPException as e:  # the 3 s passed (a slow event loop) or Discord is down
+            except REFUSED as e:  # the 3 s passed (a slow event loop), Discord is down or rate-limits us
                 log.warning("could not defer /%s: %s", command, e)
                 return
             transcript = _reader(transcript_of, before=before) if transcript_of is not None else None
@@ -232,106 +289,6 @@ class DiscordAdapter:
         return [app_commands.Choice(name=n[:100], value=n) for n in matching[:25]]  # Discord's limits
 
 
-def _commands(adapter: DiscordAdapter) -> list[app_commands.Command | app_commands.ContextMenu]:
-    """The slash commands and context menus, as thin calls into `DiscordAdapter.command`."""
-
-    @app_commands.command(name="summarize", description="Summarize this channel's or thread's recent messages")
-    @app_commands.describe(count=f"How many recent messages to read (1-{SUMMARIZE_MAX})")
-    async def summarize(
-        interaction: discord.Interaction, count: app_commands.Range[int, 1, SUMMARIZE_MAX] | None = None
-    ):
-        await adapter.command(interaction, "summarize", str(count or ""), transcript_of=interaction.channel)
-
-    @app_commands.command(name="translate", description="Translate text into another language")
-    @app_commands.describe(language="Into which language, e.g. German", text="The text to translate")
-    async def translate(interaction: discord.Interaction, language: str, text: str):
-        await adapter.command(interaction, "translate", f"{quote_language(language)} {text}")
-
-    @app_commands.command(name="model", description="Which model answers, and how busy it is")
-    async def model(interaction: discord.Interaction):
-        await adapter.command(interaction, "model", ephemeral=True)
-
-    @app_commands.command(name="forget", description="Delete everything the bot stored from you")
-    async def forget(interaction: discord.Interaction):
-        await adapter.command(interaction, "forget", ephemeral=True)
-
-    @app_commands.command(name="reload", description="Admins: switch the bot to another checkpoint")
-    @app_commands.describe(name="Checkpoint file name; the newest when left out")
-    async def reload(interaction: discord.Interaction, name: str | None = None):
-        await adapter.command(interaction, "reload", name or "", ephemeral=True)
-
-    @reload.autocomplete("name")
-    async def reload_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return await adapter.checkpoint_choices(interaction, current)
-
-    async def summarize_thread(interaction: discord.Interaction, message: discord.Message):
-        # The thread the message is in or started; otherwise the channel up to and including the message.
-        if isinstance(message.channel, discord.Thread) or message.thread is None:
-            where, before = message.channel, _after(message)
-        else:
-            where, before = message.thread, None
-        await adapter.command(interaction, "summarize", transcript_of=where, before=before)
-
-    async def translate_message(interaction: discord.Interaction, message: discord.Message):
-        # Into the language of the user's own Discord client: the one they are reading in.
-        await adapter.command(interaction, "translate", f"{_language(interaction.locale)} {message.content}")
-
-    return [
-        summarize,
-        translate,
-        model,
-        forget,
-        reload,
-        app_commands.ContextMenu(name="Summarize thread", callback=summarize_thread),
-        app_commands.ContextMenu(name="Translate message", callback=translate_message),
-    ]
-
-
-# -- replies -------------------------------------------------------------------------------------------------------
-
-
-class ChannelSink:
-    """Answers as replies: the first to the user's message, each later one to the one before, so a long answer
-    reads as one chain even when others write in between. discord.py waits out 429s itself (`retry_after`)."""
-
-    def __init__(self, message: discord.Message) -> None:
-        self._reply_to = message
-
-    async def post(self, text: str) -> discord.Message:
-        # fail_if_not_exists=False: if the question is deleted meanwhile, the answer still arrives.
-        reference = self._reply_to.to_reference(fail_if_not_exists=False)
-        sent = await self._reply_to.channel.send(text, reference=reference, allowed_mentions=NO_MENTIONS)
-        self._reply_to = sent
-        return sent
-
-    async def edit(self, handle: discord.Message, text: str) -> None:
-        await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
-
-
-class InteractionSink:
-    """The deferred response ("thinking…") becomes the first message; more of a long answer follows up."""
-
-    def __init__(self, interaction: discord.Interaction, ephemeral: bool) -> None:
-        self._interaction = interaction
-        self._ephemeral = ephemeral
-        self._original_used = False
-
-    async def post(self, text: str) -> discord.WebhookMessage | None:
-        if not self._original_used:
-            self._original_used = True
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-            return None  # None stands for the original response
-        return await self._interaction.followup.send(
-            text, wait=True, ephemeral=self._ephemeral, allowed_mentions=NO_MENTIONS
-        )
-
-    async def edit(self, handle: discord.WebhookMessage | None, text: str) -> None:
-        if handle is None:
-            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-        else:
-            await handle.edit(content=text, allowed_mentions=NO_MENTIONS)
-
-
 # -- helpers -------------------------------------------------------------------------------------------------------
 
 
@@ -339,7 +296,7 @@ def _intents(config: DiscordConfig) -> discord.Intents:
     """Only what the bot uses. Message content is privileged and not needed: Discord includes the content of
     messages that mention the bot, of DMs, and of a context menu's target message."""
     intents = discord.Intents.none()
-    intents.guilds = True  # joins and removals (purge), the channel and thread cache (a thread's parent)
+    intents.guilds = True  # joins, removals, deleted channels and threads (purges); the channel and thread cache
     intents.guild_messages = True  # mentions in channels and threads, and their deletion
     intents.dm_messages = True  # direct messages and their deletion
     intents.message_content = config.message_content
@@ -352,7 +309,7 @@ async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(channel.typing())
-        except discord.HTTPException as e:
+        except REFUSED as e:
             log.info("no typing indicator: %s", e)
         yield
 
@@ -366,19 +323,10 @@ def _reader(channel: object, *, before: discord.Message | discord.Object | None 
             return None
         try:
             messages = [m async for m in channel.history(limit=count, before=before)]
-        except discord.HTTPException as e:
-            log.info("cannot read history for a summary (%s); using stored history", e.status)
+        except REFUSED as e:
+            log.info("cannot read history for a summary (%s); using stored history", e)
             return None
         lines = (TranscriptLine(m.author.display_name, m.content) for m in reversed(messages) if m.content.strip())
         return tuple(lines) or None
 
     return read
-
-
-def _after(message: discord.Message) -> discord.Object:  # a `before` bound that includes the message itself
-    return discord.Object(id=message.id + 1)
-
-
-def _language(locale: discord.Locale) -> str:
-    """'german' -> German, 'brazil_portuguese' -> Portuguese; Discord names every locale after its language."""
-    return locale.name.rsplit("_", 1)[-1].title() if isinstance(locale, discord.Locale) else "English"
