@@ -245,7 +245,7 @@ class SinkReply(Generic[H]):
         self._limits = limits or ChannelLimits()
 
     async def send(self, text: str) -> None:
-        await send_whole(self._sink.post, split_message(text, self._limit), self._limits)
+        await send_whole(self._sink.post, text, self._limit, self._limits)
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
         streamed = StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval, limits=self._limits)
@@ -253,11 +253,17 @@ class SinkReply(Generic[H]):
 
 
 async def send_whole(
-    post: Callable[[str], Awaitable[object]], chunks: list[str], limits: ChannelLimits, attempts: int = FINAL_ATTEMPTS
+    post: Callable[[str], Awaitable[object]],
+    text: str,
+    limit: int,
+    limits: ChannelLimits,
+    attempts: int = FINAL_ATTEMPTS,
 ) -> None:
-    """Post whole messages in order, each within the channel's budget, each retried after short 429s. A Retry-After
-    over the ceiling drops the rest with one log line: a notice cannot be shown where nothing can be posted."""
-    for chunk in chunks:
+    """Post ``text`` as whole messages of at most ``limit`` characters, in order, each within the channel's budget
+    and retried after short 429s. After a Retry-After over the ceiling the rest is posted late, with a note, by
+    `LateEdits` (without them, `TooLongToWait` reaches the caller)."""
+    chunks = split_message(text, limit)
+    for i, chunk in enumerate(chunks):
 
         async def paced(chunk: str = chunk) -> object:
             if limits.pacer is not None:
@@ -267,9 +273,18 @@ async def send_whole(
         try:
             await until_accepted(paced, "post", attempts=attempts, max_wait_s=limits.max_wait_s)
         except TooLongToWait as e:
+            if limits.late is None:
+                raise
             log.warning(
-                "a message in %s was not sent: rate-limited for %.0f s, over the %.0f s ceiling "
-                "(SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S)",
+                "a message in %s was rate-limited for %.0f s, over the %.0f s ceiling "
+                "(SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S): it is sent once the platform allows it",
                 limits.channel or "a channel", e.retry_after, limits.max_wait_s,
             )  # fmt: skip
+            rest = "\n\n".join(chunks[i:]) + LATE_NOTE.format(seconds=e.retry_after)
+            once = ChannelLimits(limits.channel, limits.pacer, None, limits.max_wait_s)  # late is tried once
+            limits.late.schedule(
+                e.retry_after,
+                lambda rest=rest, once=once: send_whole(post, rest, limit, once),
+                f"a message in {limits.channel}",
+            )
             return

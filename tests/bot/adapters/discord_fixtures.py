@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bot.adapters.discord import DiscordAdapter, DiscordConfig
+from bot.adapters.pacing import LateEdits
 from bot.core.auth import AdminPolicy
 from bot.core.channel_settings import ChannelConfig
 from bot.core.conversation import ConversationManager, ManagerConfig
@@ -191,11 +192,16 @@ async def fake_fixture() -> AsyncIterator[FakeDiscord]:
     await discord.close()
 
 
+async def no_wait(seconds: float) -> None:
+    """Late edits without the platform's wait: what the platform would allow after it, at once."""
+    await asyncio.sleep(0)
+
+
 @pytest.fixture(name="bot")
 async def bot_fixture(manager, generator, store, application) -> AsyncIterator[Bot]:
     fake = FakeDiscord(TOKEN, application=application)
     await fake.start()
-    adapter = DiscordAdapter(manager, config_for(fake))
+    adapter = DiscordAdapter(manager, config_for(fake), late_edits=LateEdits(sleep=no_wait))
     try:
         async with serving(adapter, fake) as task:
             yield Bot(fake, adapter, generator, store, task)

@@ -15,8 +15,6 @@ import pytest
 
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.platform import CredentialsRevoked, PlatformStartError
-from bot.adapters.streaming import RateLimited
-from bot.core.conversation import FAILED
 from bot.core.messages import Incoming, Reply
 from tests.bot.adapters.discord_fixtures import (  # noqa: F401  (fixtures, registered under short names)
     TOKEN,
@@ -83,15 +81,16 @@ ROUTES = {
 @pytest.mark.parametrize("via", ["reply", "interaction"])
 @pytest.mark.parametrize("is_global", [False, True], ids=["one route", "global"])
 async def test_a_429_longer_than_the_ceiling_fails_the_call_at_once_and_the_next_one_goes_through(
-    fake: FakeDiscord, probe: ProbeCore, via: str, is_global: bool
+    fake: FakeDiscord, probe: ProbeCore, via: str, is_global: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     method, route = ROUTES[via]
     fake.rate_limit_once(method, route, retry_after=LONG_S, is_global=is_global)
     await ask(fake, via)
-    await wait_until(lambda: probe.outcomes, "the first answer to fail", timeout=FAST_S * 2)
+    await wait_until(lambda: probe.outcomes, "the first answer to end", timeout=FAST_S * 2)
     [(error, took)] = probe.outcomes
-    assert isinstance(error, RateLimited) and error.retry_after == LONG_S  # the wait, for the caller to honour
-    assert took < FAST_S
+    assert error is None and took < FAST_S  # not waited out: the message is dropped, with one line saying why
+    dropped = [r for r in caplog.records if "over the 30 s ceiling" in r.getMessage()]
+    assert len(dropped) == 1 and "600 s" in dropped[0].getMessage()
 
     await ask(fake, via)  # nothing is held back (a global 429 waited out would block every call for ten minutes)
     await wait_until(lambda: len(probe.outcomes) == 2, "the second answer", timeout=FAST_S * 2)
@@ -99,12 +98,16 @@ async def test_a_429_longer_than_the_ceiling_fails_the_call_at_once_and_the_next
     assert [c.status for c in fake.calls_to(method, route)] == [429, 200]
 
 
-async def test_a_command_whose_answer_failed_shows_the_notice_in_place_of_thinking(bot: Bot) -> None:
+async def test_a_command_answer_rate_limited_past_the_ceiling_replaces_thinking_once_discord_allows(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
     bot.discord.rate_limit_once("PATCH", ROUTES["interaction"][1], retry_after=LONG_S)
     token = await bot.interact(p.slash("model"))
     answers = await bot.command_answered(token, lambda got: any(got))
-    assert answers == [FAILED]  # the deferred response itself, not a follow-up under a "thinking…" left forever
+    # The deferred response itself (no follow-up under a "thinking…" left forever), with a note why it is late.
+    assert answers[0].startswith("Model:") and answers[0].endswith("rate-limited for 600 s)")
     assert bot.discord.answers_for(token)[0].payload["original"]
+    assert len([r for r in caplog.records if "over the 30 s ceiling" in r.getMessage()]) == 1
 
 
 @pytest.mark.parametrize(

@@ -149,12 +149,24 @@ async def test_short_retry_afters_are_still_waited_out(clock: Clock) -> None:
     assert sink.shown == ["Hello"] and clock.slept[-2:] == [5.0, 10.0]
 
 
-async def test_a_whole_message_over_the_ceiling_is_dropped_with_one_line(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_whole_message_over_the_ceiling_is_sent_late(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink(clock)
+    late = LateEdits(sleep=clock.sleep)
+    limits = ChannelLimits(channel="C1", late=late, max_wait_s=30.0)
+    sink.refuse_next = [600.0]
+    await SinkReply(sink, limit=2000, interval_s=1.0, limits=limits).send("The first paragraph.\n\nThe second one.")
+    assert sink.shown == [] and clock.slept == []  # the command's answer did not wait
+    assert len([r for r in caplog.records if "over the 30 s ceiling" in r.getMessage()]) == 1
+    await settle(late)
+    note = "(shown late: this channel was rate-limited for 600 s)"
+    assert sink.shown == [f"The first paragraph.\n\nThe second one.\n\n{note}"]
+
+
+async def test_without_late_edits_a_whole_message_over_the_ceiling_raises_at_once() -> None:
     sink = Sink(Clock())
     sink.refuse_next = [600.0]
-    await SinkReply(sink, limit=2000, interval_s=1.0, limits=CEILING).send("Saved.")
-    assert sink.shown == []
-    assert len([r for r in caplog.records if "was not sent" in r.getMessage()]) == 1
+    with pytest.raises(TooLongToWait):
+        await SinkReply(sink, limit=2000, interval_s=1.0, limits=CEILING).send("Saved.")
 
 
 async def test_late_edits_are_bounded_and_dropped_at_shutdown(caplog: pytest.LogCaptureFixture) -> None:
