@@ -161,9 +161,11 @@ async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> 
     settings = settings_for(
         tmp_path, discord_token=SecretStr("discord-token"), discord_message_content=True, shutdown_grace_s=7,
         slack_bot_token=SecretStr("xoxb-1"), slack_signing_secret=SecretStr("shh"), slack_http_port=0,
+        slack_api_url="http://127.0.0.1:9/api",
     )  # fmt: skip
     discord, slack = build_adapters(None, settings)  # type: ignore[arg-type]
     assert isinstance(discord, DiscordAdapter) and isinstance(slack, SlackAdapter)
     assert discord._config.message_content and discord._config.close_grace_s == 7
     assert (slack._config.transport, slack._config.close_grace_s, slack._config.http_port) == ("http", 7, 0)
+    assert slack.client.base_url == "http://127.0.0.1:9/api/"  # where every Web API call goes
     assert "discord-token" not in repr(discord._config)

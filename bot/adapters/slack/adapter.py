@@ -68,7 +68,7 @@ class SlackAdapter:
         # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself.
         self.client = AsyncWebClient(
             token=config.bot_token,
-            base_url=config.api_url or AsyncWebClient.BASE_URL,
+            base_url=config.api_url,  # Bolt's per-request clients copy it; Socket Mode asks it for its URL
             logger=SDK_LOG,
             retry_handlers=[AsyncConnectionErrorRetryHandler()],
         )
