@@ -1,16 +1,9 @@
-"""Slack, through Bolt (async): mentions and DMs become `Incoming` chat, slash commands and message shortcuts become
-commands, and what Slack says about deleted messages and uninstalls purges what we stored.
+"""Slack, through Bolt (async): the one module that imports slack_bolt and slack_sdk. It builds their clients, runs
+the transport, registers the listeners (`SlackEvents` for events, `SlackCommands` for slash commands and shortcuts)
+and owns the tasks they hand their work to.
 
 Every listener acknowledges first and does its work in a task the adapter owns, so Slack gets its answer well within
-3 s however busy the model is, and `close` can let answers in progress finish. Slack redelivers an event it thinks
-was not acknowledged (with X-Slack-Retry-Num / `retry_attempt`); we never drop an event for carrying that mark,
-because the first delivery may really have been lost. Instead the event id travels with the message
-(`Incoming.event_id`) and the core records it in the shared database before anything else, so a redelivery is
-answered by nobody, in this process or any other sharing the database.
-
-Where conversations are filed: tenant = the workspace (team id), also for DMs, so uninstalling the app removes
-everything from that workspace. A DM's channel is `storage.records.dm_channel(user)`, which `/forget` removes whole
-(the bot's replies too). A mention's conversation is its thread: a mention outside a thread starts one.
+3 s however busy the model is, and `close` can let answers in progress finish.
 
 Two transports, one chosen by `SlackConfig.mode`: Socket Mode (an app-level token; no public URL) and HTTP mode
 (Bolt's request verification: signature and a timestamp under 5 minutes old). Both run on the caller's event loop.
@@ -32,21 +25,14 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.redaction import install_redaction
-from bot.adapters.slack.commands import (
-    COMMANDS,
-    SUMMARIZE_SHORTCUT,
-    TRANSLATE_SHORTCUT,
-    SlackCommands,
-    slack_incoming,
-)
+from bot.adapters.slack.commands import COMMANDS, SUMMARIZE_SHORTCUT, TRANSLATE_SHORTCUT, SlackCommands
 from bot.adapters.slack.config import SlackConfig
-from bot.adapters.slack.reply import ChannelSink, SlackRefusedError, SlackReply
-from bot.adapters.slack.text import SECRETS, plain
+from bot.adapters.slack.events import SlackEvents
+from bot.adapters.slack.reply import SlackRefusedError
+from bot.adapters.slack.text import SECRETS
 from bot.adapters.streaming import RateLimited
-from bot.core.commands import parse_command
 from bot.core.messages import Core
 from bot.draining import drain
-from storage.records import dm_channel
 
 log = logging.getLogger(__name__)
 # Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
@@ -83,6 +69,7 @@ class SlackAdapter:
         )
         self.api = SdkWebApi(self.client)
         self._commands = SlackCommands(core, self.api, config, self._spawn)
+        self._events = SlackEvents(core, self.api, config, self._commands, self._spawn)
         self._register()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
@@ -93,10 +80,10 @@ class SlackAdapter:
         self.ready = asyncio.Event()  # set once connected (Socket Mode) or listening (HTTP mode)
 
     def _register(self) -> None:
-        self.app.event("app_mention")(self._on_mention)
-        self.app.event("message")(self._on_message)
-        self.app.event("app_uninstalled")(self._on_uninstalled)
-        self.app.event("tokens_revoked")(self._on_tokens_revoked)
+        self.app.event("app_mention")(self._events.on_mention)
+        self.app.event("message")(self._events.on_message)
+        self.app.event("app_uninstalled")(self._events.on_uninstalled)
+        self.app.event("tokens_revoked")(self._events.on_tokens_revoked)
         for name in COMMANDS:
             self.app.command(f"/{name}")(self._commands.on_command)
         self.app.shortcut(SUMMARIZE_SHORTCUT)(self._commands.on_summarize_thread)
@@ -179,69 +166,6 @@ class SlackAdapter:
         except Exception:  # the boundary of one Slack request: the core's own errors never get here
             log.exception("failed to handle a Slack request")
 
-    # -- events --------------------------------------------------------------------------------------------------
-
-    async def _on_mention(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        if event.get("bot_id") or event.get("subtype") or str(event.get("channel", "")).startswith("D"):
-            return  # other bots; DMs arrive as message events
-        self._spawn(self._answer(body, event, context, is_dm=False))
-
-    async def _on_message(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        subtype = event.get("subtype")
-        if subtype == "message_deleted":
-            self._spawn(self._deleted(body, event, context))
-        elif subtype is None and not event.get("bot_id") and event.get("channel_type") == "im":
-            self._spawn(self._answer(body, event, context, is_dm=True))
-        # Everything else is ignored: edits (message_changed), bot posts, joins, and channel messages, which we
-        # subscribe to only to hear of deletions; mentions in channels arrive as app_mention.
-
-    async def _answer(self, body: dict[str, Any], event: dict[str, Any], context: Any, *, is_dm: bool) -> None:
-        team, user, channel = _team(body, context), str(event["user"]), str(event["channel"])
-        command, text = parse_command(plain(event.get("text", ""), bot_user_id=context.get("bot_user_id")))
-        if is_dm:
-            thread = str(event.get("thread_ts") or "")  # a DM is one conversation, unless the user opens a thread
-            reply_thread = thread or None
-        else:
-            thread = reply_thread = str(event.get("thread_ts") or event["ts"])
-        sink = ChannelSink(self.api, channel, reply_thread)
-        reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
-        transcript = None
-        if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
-            transcript = self._commands.reader(reply, channel, event.get("thread_ts"))
-        incoming = slack_incoming(
-            team, user, channel, command, text, thread=thread, message_id=str(event["ts"]), transcript=transcript,
-            event_id=str(body["event_id"]) if body.get("event_id") else None,
-        )  # fmt: skip
-        await self._core.handle(incoming, reply)
-
-    async def _deleted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        previous = event.get("previous_message") or {}
-        deleted_ts = event.get("deleted_ts") or previous.get("ts")
-        if not deleted_ts:
-            return
-        channel = str(event["channel"])
-        if event.get("channel_type") == "im":
-            if not previous.get("user"):
-                return  # not a user's message; nothing of ours is keyed by it
-            channel = dm_channel(str(previous["user"]))
-        await self._core.messages_deleted("slack", _team(body, context), channel, [str(deleted_ts)])
-
-    async def _on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        await ack()
-        self._spawn(self._purge(_team(body, context), "app_uninstalled"))
-
-    async def _on_tokens_revoked(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        # Only the bot's token matters: we hold no user tokens, so a user revoking theirs leaves nothing to purge.
-        if event.get("tokens", {}).get("bot"):
-            self._spawn(self._purge(_team(body, context), "tokens_revoked"))
-
-    async def _purge(self, team: str, reason: str) -> None:
-        deleted = await self._core.tenant_removed("slack", team, reason)
-        log.info("Slack workspace %s removed (%s): %d stored messages deleted", team, reason, deleted)
-
 
 class SdkWebApi:
     """`slack_reply.WebApi` over slack_sdk's client: the one place slack_sdk's errors are read. A 429 becomes
@@ -273,10 +197,3 @@ def _retry_after(headers: Mapping[str, Any] | None) -> float:
             except ValueError:
                 break
     return DEFAULT_RETRY_AFTER_S
-
-
-def _team(body: dict[str, Any], context: Any) -> str:
-    team = body.get("team_id") or (body.get("team") or {}).get("id") or context.get("team_id")
-    if not team:
-        raise ValueError("a Slack request without a team id: cannot tell which workspace it belongs to")
-    return str(team)
