@@ -64,6 +64,22 @@ def message_deleted(channel: str, deleted_ts: str, *, user: str = "U1", channel_
     }
 
 
+def channel_deleted(channel: str) -> dict[str, Any]:
+    """A public channel was deleted (channel_deleted): the event carries only the channel's id."""
+    return {"type": "channel_deleted", "channel": channel}
+
+
+def group_deleted(channel: str, *, actor: str = "U1") -> dict[str, Any]:
+    """A private channel the bot was in was deleted (group_deleted)."""
+    return {
+        "type": "group_deleted",
+        "channel": channel,
+        "date_deleted": 1700000500,
+        "actor_id": actor,
+        "event_ts": "1700000500.000100",
+    }
+
+
 def slash_command(
     command: str, text: str, response_url: str, *, user: str = "U1", channel: str = "C1", team: str = TEAM
 ) -> dict[str, str]:

@@ -82,6 +82,8 @@ class SlackAdapter:
     def _register(self) -> None:
         self.app.event("app_mention")(self._events.on_mention)
         self.app.event("message")(self._events.on_message)
+        self.app.event("channel_deleted")(self._events.on_channel_deleted)
+        self.app.event("group_deleted")(self._events.on_channel_deleted)
         self.app.event("app_uninstalled")(self._events.on_uninstalled)
         self.app.event("tokens_revoked")(self._events.on_tokens_revoked)
         for name in COMMANDS:

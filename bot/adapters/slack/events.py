@@ -1,5 +1,5 @@
 """What Slack tells us happened, turned into the core's calls: mentions and DMs become chat (or a command written in
-the message), and deleted messages and uninstalls purge what we stored.
+the message), and deletions (a message, a public or private channel) and uninstalls purge what we stored.
 
 Slack redelivers an event it thinks was not acknowledged (with X-Slack-Retry-Num / `retry_attempt`); we never drop
 an event for carrying that mark, because the first delivery may really have been lost. Instead the event id travels
@@ -55,6 +55,12 @@ class SlackEvents:
         # Everything else is ignored: edits (message_changed), bot posts, joins, and channel messages, which we
         # subscribe to only to hear of deletions; mentions in channels arrive as app_mention.
 
+    async def on_channel_deleted(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        """channel_deleted (a public channel) and group_deleted (a private one): the same payload, `channel`."""
+        await ack()
+        team, channel, reason = team_of(body, context), str(event["channel"]), str(event["type"])
+        self._spawn(self._channel_deleted(team, channel, reason))
+
     async def on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
         await ack()
         self._spawn(self._purge(team_of(body, context), "app_uninstalled"))
@@ -95,6 +101,10 @@ class SlackEvents:
                 return  # not a user's message; nothing of ours is keyed by it
             channel = dm_channel(str(previous["user"]))
         await self._core.messages_deleted("slack", team_of(body, context), channel, [str(deleted_ts)])
+
+    async def _channel_deleted(self, team: str, channel: str, reason: str) -> None:
+        deleted = await self._core.channel_deleted("slack", team, channel, reason=reason)
+        log.info("Slack channel %s in %s deleted (%s): %d stored messages deleted", channel, team, reason, deleted)
 
     async def _purge(self, team: str, reason: str) -> None:
         deleted = await self._core.tenant_removed("slack", team, reason)
