@@ -179,6 +179,8 @@ class SlackAdapter:
                     f"{self._config.api_url} answered {method} with HTTP {status}, not as Slack answers: if Slack is "
                     "up, set SCRATCHBOT_SLACK_API_URL to its Web API (unset: Slack's own)"
                 ) from None
+            if error not in CREDENTIALS_REFUSED and error != "not_allowed_token_type":  # e.g. ratelimited, fatal_error
+                raise PlatformStartError(f"Slack answered {method} with {error}: try again in a few minutes") from None
             raise PlatformStartError(
                 f"Slack refused {setting} ({error} from {method}): {TOKEN_HELP[setting]}"
             ) from None

@@ -95,28 +95,36 @@ async def test_an_app_token_refused_on_reconnect_stops_slack_naming_it(fake_slac
     await adapter.close()  # what serve_platforms does at the end: harmless after a stop
 
 
-def start_failures(slack) -> list[tuple[str, dict, str]]:
-    return [
-        ("nothing listening", {"api_url": f"http://127.0.0.1:{free_port()}/api/"},
+def start_failures(slack) -> dict[str, tuple[dict, dict, str]]:
+    """Each way a start fails: the configuration's changes, what the fake Slack answers a method, the sentence."""
+    return {
+        "unreachable": ({"api_url": f"http://127.0.0.1:{free_port()}/api/"}, {},
          r"^cannot reach Slack's Web API at http://127\.0\.0\.1:\d+/api/ \(Cannot connect to host .*\): check this "
          r"machine's network connection, or SCRATCHBOT_SLACK_API_URL if Slack is reached through a proxy$"),
-        ("no Slack behind the URL", {"api_url": f"{slack.base}/not-slack/"},
+        "not_slack": ({"api_url": f"{slack.base}/not-slack/"}, {},
          r"^http://127\.0\.0\.1:\d+/not-slack/ answered auth\.test with HTTP 404, not as Slack answers: if Slack is "
          r"up, set SCRATCHBOT_SLACK_API_URL to its Web API \(unset: Slack's own\)$"),
-        ("wrong bot token", {"bot_token": "xoxb-wrong"},
+        "bad_bot_token": ({"bot_token": "xoxb-wrong"}, {},
          r"^Slack refused SCRATCHBOT_SLACK_BOT_TOKEN \(invalid_auth from auth\.test\): set it to the Bot User OAuth "
          r"Token \(xoxb-\.\.\.\) on the app's OAuth & Permissions page"),
-        ("wrong app token", {"app_token": "xapp-wrong"},
+        "bad_app_token": ({"app_token": "xapp-wrong"}, {},
          r"^Slack refused SCRATCHBOT_SLACK_APP_TOKEN \(invalid_auth from apps\.connections\.open\): set it to an "
          r"app-level token \(xapp-\.\.\.\) with the connections:write scope"),
-    ]  # fmt: skip
+        "bot_token_of_the_wrong_kind": ({}, {"auth.test": "not_allowed_token_type"},
+         r"^Slack refused SCRATCHBOT_SLACK_BOT_TOKEN \(not_allowed_token_type from auth\.test\)"),
+        "slack_failing": ({}, {"auth.test": "fatal_error"},
+         r"^Slack answered auth\.test with fatal_error: try again in a few minutes$"),
+    }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", range(4), ids=["unreachable", "not_slack", "bad_bot_token", "bad_app_token"])
+@pytest.mark.parametrize(
+    "case",
+    ["unreachable", "not_slack", "bad_bot_token", "bad_app_token", "bot_token_of_the_wrong_kind", "slack_failing"],
+)
 async def test_a_start_that_cannot_work_is_one_sentence_saying_what_to_fix(fake_slack, manager, caplog, case) -> None:
-    _, changes, sentence = start_failures(fake_slack)[case]
-    for token in ("xoxb-wrong", "xapp-wrong"):
-        fake_slack.refused_tokens[token] = "invalid_auth"
+    changes, answers, sentence = start_failures(fake_slack)[case]
+    fake_slack.refused_tokens.update({"xoxb-wrong": "invalid_auth", "xapp-wrong": "invalid_auth"})
+    fake_slack.errors.update(answers)
     adapter = SlackAdapter(manager, socket_config(fake_slack, **changes))
     with pytest.raises(PlatformStartError, match=sentence) as raised:
         await asyncio.wait_for(adapter.run(), 15)
