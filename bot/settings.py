@@ -11,6 +11,7 @@ import logging
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
 VOCAB_SIZE = 50257  # GPT-2's: a top-k above it keeps every token
 SLACK_ADMIN = re.compile(r"[A-Z0-9]+:[A-Z0-9]+")
+SLACK_API_URL = "https://slack.com/api/"  # Slack's Web API; the Socket Mode URL is asked of it too
 
 
 class SettingsError(ValueError):
@@ -87,6 +89,7 @@ class Settings(BaseSettings):
     slack_mode: Literal["socket", "http"] | None = None  # unset: Socket Mode when the app token is set, else HTTP
     slack_http_host: str = "127.0.0.1"  # HTTP mode: listen address (0.0.0.0 in a container behind a TLS proxy)
     slack_http_port: int = Field(3000, ge=0, le=65535)  # HTTP mode: where the Request URL's proxy forwards to
+    slack_api_url: str = SLACK_API_URL  # where the Web API is reached: an egress proxy, or a test's fake Slack
 
     # --- scratchbot evaluate: bearer token for the judge model's endpoint (a key on the command line would land in
     # the shell history)
@@ -120,10 +123,14 @@ class Settings(BaseSettings):
 
     @field_validator("discord_api_url")
     @classmethod
-    def _an_http_url(cls, url: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
-            raise ValueError(f"{url!r} is not an http(s) URL without query, e.g. https://discord.com/api/v10")
-        return url.rstrip("/")
+    def _discord_api_url(cls, url: str) -> str:
+        return _base_url(url, "Discord's own, https://discord.com/api/v10").rstrip("/")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slack_api_url(cls, url: str) -> str:
+        # slack_sdk joins method names onto it as a relative URL: without the slash ".../api" would lose "api".
+        return _base_url(url, f"Slack's own, {SLACK_API_URL}").rstrip("/") + "/"
 
     @field_validator("data_dir")
     @classmethod
@@ -197,6 +204,14 @@ def load_settings() -> Settings:
     except ValidationError as e:
         problems = "; ".join(_problem(err["loc"], err["msg"]) for err in e.errors())
         raise SettingsError(f"invalid settings (environment or .env): {problems}") from None
+
+
+def _base_url(url: str, example: str) -> str:
+    """``url`` if a platform's API can live there: http(s), a host, no query, no fragment, no spaces."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment or " " in url:
+        raise ValueError(f"{url!r} is not an API base URL like {example}")
+    return url
 
 
 def _env(name: str) -> str:

@@ -1,9 +1,13 @@
-"""Start-up: which checkpoint is served, what happens without one, and a clean stop on SIGTERM."""
+"""Start-up: which checkpoint is served, what happens without one or without a platform to reach, and a clean stop
+on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -16,9 +20,11 @@ from bot.settings import Settings
 from llm import assets
 from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
+from tests.fake_slack import fixtures
 from tests.llm.conftest import make_model
 
 CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=2)
+fake_slack = fixtures.fake_slack
 
 
 def settings_for(tmp_path: Path, **values: object) -> Settings:
@@ -105,3 +111,32 @@ def test_an_answer_length_the_model_cannot_hold_is_refused_at_start_up(
     err = capsys.readouterr().err
     assert "SCRATCHBOT_MAX_NEW_TOKENS=512 is too long for demo-model.safetensors" in err and "at most 444" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("slack", ["unreachable", "wrong_bot_token"])
+async def test_a_slack_that_cannot_be_used_is_one_line_and_status_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog, fake_slack, slack
+) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=4), checkpoint)
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("SCRATCHBOT_")]:
+        monkeypatch.delenv(name)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/api/"
+    api_url = closed if slack == "unreachable" else fake_slack.api_url
+    fake_slack.refused_tokens["xoxb-wrong"] = "invalid_auth"
+    env = {"CHECKPOINT": str(checkpoint), "SLACK_BOT_TOKEN": "xoxb-wrong", "SLACK_APP_TOKEN": fixtures.APP_TOKEN,
+           "SLACK_API_URL": api_url, "PRECISION": "fp32"}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(f"SCRATCHBOT_{name}", value)
+    # `scratchbot run` on a thread of its own, as from a shell: this loop keeps serving the fake Slack meanwhile.
+    assert await asyncio.wait_for(asyncio.to_thread(main, ["run"]), 60) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "unreachable": f"scratchbot: error: cannot reach Slack's Web API at {closed} (Cannot connect to host",
+        "wrong_bot_token": "scratchbot: error: Slack refused SCRATCHBOT_SLACK_BOT_TOKEN (invalid_auth from auth.test)",
+    }[slack]
+    assert err.startswith(expected) and err.count("\n") == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]  # and no traceback logged

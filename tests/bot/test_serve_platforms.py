@@ -19,9 +19,16 @@ from bot.core.conversation import ConversationManager
 from bot.settings import Settings
 from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
+from storage.records import ConversationKey
+from storage.store import open_store
+from tests.fake_slack import fixtures
+from tests.fake_slack.fixtures import APP_TOKEN, BOT_TOKEN
+from tests.fake_slack.payloads import TS, event_callback, mention, slash_command
+from tests.fake_slack.server import eventually
 from tests.llm.conftest import make_model
 
 CONFIG = GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_heads=4, n_layers=1)
+fake_slack = fixtures.fake_slack
 
 
 class FakeAdapter:
@@ -161,7 +168,7 @@ async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> 
     settings = settings_for(
         tmp_path, discord_token=SecretStr("discord-token"), discord_message_content=True, shutdown_grace_s=7,
         discord_api_url="http://127.0.0.1:9/api/v10/", rate_limit_max_wait_s=45, slack_bot_token=SecretStr("xoxb-1"),
-        slack_signing_secret=SecretStr("shh"), slack_http_port=0,
+        slack_signing_secret=SecretStr("shh"), slack_http_port=0, slack_api_url="http://127.0.0.1:9/api",
     )  # fmt: skip
     discord, slack = build_adapters(None, settings)  # type: ignore[arg-type]
     assert isinstance(discord, DiscordAdapter) and isinstance(slack, SlackAdapter)
@@ -169,4 +176,39 @@ async def test_the_real_adapters_are_built_from_the_settings(tmp_path: Path) -> 
     assert discord._config.api_url == "http://127.0.0.1:9/api/v10"  # discord.py's paths bring their own slash
     assert discord._client.http.max_ratelimit_timeout == 45  # the ceiling reached discord.py
     assert (slack._config.transport, slack._config.close_grace_s, slack._config.http_port) == ("http", 7, 0)
+    assert slack.client.base_url == "http://127.0.0.1:9/api/"  # where every Web API call goes
     assert "discord-token" not in repr(discord._config)
+
+
+async def test_slack_is_served_from_the_settings_alone_and_a_revoked_token_ends_the_run(
+    tmp_path: Path, fake_slack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run_service` with nothing but Settings: the real model, store and Slack adapter, every Web API call (Bolt's,
+    Socket Mode's apps.connections.open, ours) going where SCRATCHBOT_SLACK_API_URL says."""
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(CONFIG, seed=1), checkpoint)
+    settings = settings_for(
+        tmp_path, checkpoint=checkpoint, precision="fp32", max_new_tokens=8, shutdown_grace_s=1,
+        slack_bot_token=SecretStr(BOT_TOKEN), slack_app_token=SecretStr(APP_TOKEN), slack_api_url=fake_slack.api_url,
+    )  # fmt: skip
+    serving = asyncio.create_task(run_service(settings))
+    await eventually(lambda: fake_slack.connected == 1, timeout_s=60, what="Socket Mode to connect")
+    await fake_slack.send("events_api", event_callback(mention("What is 2+2?", TS)))
+    await eventually(lambda: answered(fake_slack.thread("C1", TS)), timeout_s=60, what="the model's answer")
+    await fake_slack.send("slash_commands", slash_command("/model", "", fake_slack.response_url()))
+    await eventually(lambda: fake_slack.ephemeral, what="/model's answer, through Bolt's respond()")
+    assert fake_slack.ephemeral[0]["text"].startswith("Model: tiny.safetensors")
+    assert [c.token for c in fake_slack.called("apps.connections.open")] == [APP_TOKEN]
+    assert {"auth.test", "chat.postMessage"} <= {c.method for c in fake_slack.calls if c.token == BOT_TOKEN}
+    fake_slack.refused_tokens[BOT_TOKEN] = "token_revoked"
+    await fake_slack.send("events_api", event_callback(mention("Still there?", "1700000101.000100")))
+    assert await asyncio.wait_for(serving, 60) == 1  # Slack was the only platform: `scratchbot run` exits 1
+    async with open_store(settings.resolved_database_url) as store:
+        stored = await store.recent_history(ConversationKey("slack", "T1", "C1", TS))
+    assert stored[0].text == "What is 2+2?"
+    assert not [r for r in caplog.records if r.exc_info]  # the refused answer left no traceback
+
+
+def answered(thread: list[str]) -> bool:
+    """One message in the thread, streamed to its end: neither the placeholder nor text with the cursor."""
+    return len(thread) == 1 and thread[0] != "…" and not thread[0].endswith(" …")

@@ -170,3 +170,27 @@ def test_one_tenants_share_defaults_to_half_of_what_the_bot_accepts(tmp_path: Pa
     assert Settings(_env_file=None, tenant_max_active=5).tenant_share == 5
     with pytest.raises(ValidationError):
         Settings(_env_file=None, tenant_max_active=0)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [("http://127.0.0.1:8080/api/", "http://127.0.0.1:8080/api/"),
+     ("https://slack-proxy.internal/api", "https://slack-proxy.internal/api/")],
+)  # fmt: skip
+def test_the_slack_api_url_is_a_setting_ending_in_a_slash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str, used: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings().slack_api_url == "https://slack.com/api/"  # Slack's own, when unset
+    monkeypatch.setenv("SCRATCHBOT_SLACK_API_URL", given)
+    assert load_settings().slack_api_url == used  # slack_sdk joins "chat.postMessage" onto it
+
+
+@pytest.mark.parametrize("url", ["slack.com/api/", "ftp://slack.com/api/", "https:///api/", "https://h/api/?x=1"])
+def test_a_slack_api_url_that_is_no_web_address_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_SLACK_API_URL", url)
+    with pytest.raises(SettingsError, match=r"SCRATCHBOT_SLACK_API_URL: .* like Slack's own, https://slack.com/api/"):
+        load_settings()

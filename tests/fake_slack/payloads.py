@@ -9,6 +9,12 @@ from tests.fake_slack.server import BOT_USER, TEAM
 
 TS = "1700000100.000100"  # the timestamp of the message most tests mention the bot in
 _event_ids = itertools.count(1)
+_trigger_ids = itertools.count(1)
+
+
+def trigger_id() -> str:
+    """A new trigger id, shaped like Slack's: each slash command or shortcut a user fires gets its own."""
+    return f"1700000000.{next(_trigger_ids):09d}.8088930838d88f008e0"
 
 
 def event_callback(event: dict[str, Any], *, event_id: str | None = None, team: str = TEAM) -> dict[str, Any]:
@@ -64,8 +70,31 @@ def message_deleted(channel: str, deleted_ts: str, *, user: str = "U1", channel_
     }
 
 
+def channel_deleted(channel: str) -> dict[str, Any]:
+    """A public channel was deleted (channel_deleted): the event carries only the channel's id."""
+    return {"type": "channel_deleted", "channel": channel}
+
+
+def group_deleted(channel: str, *, actor: str = "U1") -> dict[str, Any]:
+    """A private channel the bot was in was deleted (group_deleted)."""
+    return {
+        "type": "group_deleted",
+        "channel": channel,
+        "date_deleted": 1700000500,
+        "actor_id": actor,
+        "event_ts": "1700000500.000100",
+    }
+
+
 def slash_command(
-    command: str, text: str, response_url: str, *, user: str = "U1", channel: str = "C1", team: str = TEAM
+    command: str,
+    text: str,
+    response_url: str,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    team: str = TEAM,
+    trigger: str | None = None,
 ) -> dict[str, str]:
     return {
         "token": "legacy-verification-token",
@@ -79,7 +108,7 @@ def slash_command(
         "text": text,
         "api_app_id": "A1",
         "response_url": response_url,
-        "trigger_id": "1.2.3",
+        "trigger_id": trigger or trigger_id(),
     }
 
 
@@ -91,6 +120,7 @@ def message_shortcut(
     user: str = "U1",
     channel: str = "C1",
     team: str = TEAM,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
     return {
         "type": "message_action",
@@ -100,7 +130,7 @@ def message_shortcut(
         "user": {"id": user, "name": "alice"},
         "channel": {"id": channel, "name": "general"},
         "callback_id": callback_id,
-        "trigger_id": "1.2.3",
+        "trigger_id": trigger or trigger_id(),
         "message_ts": message["ts"],
         "message": {"type": "message", **message},
         "response_url": response_url,

@@ -46,6 +46,7 @@ class FakeSlack:
         self.history: dict[str, list[dict[str, Any]]] = {}  # channel -> its messages, oldest first
         self.rate_limit: dict[str, list[int]] = {}  # method -> Retry-After seconds for its next calls (429s)
         self.errors: dict[str, str] = {}  # method -> error every call gets (e.g. "not_in_channel")
+        self.refused_tokens: dict[str, str] = {}  # token -> error every call with it gets (e.g. "token_revoked")
         self.sockets: list[web.WebSocketResponse] = []
         self.acks: dict[str, float] = {}  # envelope id -> when it was acknowledged
         self.sent: dict[str, float] = {}  # envelope id -> when it was sent
@@ -110,6 +111,8 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(wait)}
             )
+        if token in self.refused_tokens:  # Slack answers a dead token with HTTP 200 and ok: false, whatever the method
+            return web.json_response({"ok": False, "error": self.refused_tokens[token]})
         if method in self.errors:
             return web.json_response({"ok": False, "error": self.errors[method]})
         handler = getattr(self, "_" + method.replace(".", "_"), None)

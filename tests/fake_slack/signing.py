@@ -43,8 +43,10 @@ class SignedPoster:
         age_s: float = 0,
         retry_num: int | None = None,
         signature: str | None = None,
+        timestamp: int | None = None,
     ) -> tuple[int, str]:
-        timestamp = int(time.time() - age_s)
+        """Post ``body`` signed as Slack signs it; the same ``timestamp`` twice replays a captured request."""
+        timestamp = int(time.time() - age_s) if timestamp is None else timestamp
         headers = {
             "Content-Type": content_type,
             "X-Slack-Request-Timestamp": str(timestamp),

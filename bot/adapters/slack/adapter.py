@@ -1,52 +1,48 @@
-"""Slack, through Bolt (async): mentions and DMs become `Incoming` chat, slash commands and message shortcuts become
-commands, and what Slack says about deleted messages and uninstalls purges what we stored.
+"""Slack, through Bolt (async): the one module that imports slack_bolt and slack_sdk. It builds their clients, runs
+the transport, registers the listeners (`SlackEvents` for events, `SlackCommands` for slash commands and shortcuts)
+and owns the tasks they hand their work to.
 
 Every listener acknowledges first and does its work in a task the adapter owns, so Slack gets its answer well within
-3 s however busy the model is, and `close` can let answers in progress finish. Slack redelivers an event it thinks
-was not acknowledged (with X-Slack-Retry-Num / `retry_attempt`); we never drop an event for carrying that mark,
-because the first delivery may really have been lost. Instead the event id travels with the message
-(`Incoming.event_id`) and the core records it in the shared database before anything else, so a redelivery is
-answered by nobody, in this process or any other sharing the database.
-
-Where conversations are filed: tenant = the workspace (team id), also for DMs, so uninstalling the app removes
-everything from that workspace. A DM's channel is `storage.records.dm_channel(user)`, which `/forget` removes whole
-(the bot's replies too). A mention's conversation is its thread: a mention outside a thread starts one.
+3 s however busy the model is, and `close` can let answers in progress finish.
 
 Two transports, one chosen by `SlackConfig.mode`: Socket Mode (an app-level token; no public URL) and HTTP mode
 (Bolt's request verification: signature and a timestamp under 5 minutes old). Both run on the caller's event loop.
+
+Failures reach the operator as one sentence naming the setting to fix. At start-up, Slack unreachable or a token
+refused is a `PlatformStartError`. While serving, a Web API answer calling a token dead (`invalid_auth`,
+`token_revoked`, ...) to any client, ours, Bolt's or Socket Mode's (`CredentialsWatch` sees them all), stops the
+adapter for good: the transport closes, answers in progress end quietly (none could reach Slack), and `run` raises
+`CredentialsRevoked`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler, HttpRequest, HttpResponse, RetryState
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.adapters.redaction import install_redaction
-from bot.adapters.slack.commands import (
-    COMMANDS,
-    SUMMARIZE_SHORTCUT,
-    TRANSLATE_SHORTCUT,
-    SlackCommands,
-    slack_incoming,
-)
+from bot.adapters.slack.commands import COMMANDS, SUMMARIZE_SHORTCUT, TRANSLATE_SHORTCUT, SlackCommands
 from bot.adapters.slack.config import SlackConfig
-from bot.adapters.slack.reply import ChannelSink, SlackRefusedError, SlackReply
-from bot.adapters.slack.text import SECRETS, plain
+from bot.adapters.slack.events import SlackEvents
+from bot.adapters.slack.reply import SlackRefusedError
+from bot.adapters.slack.text import SECRETS
 from bot.adapters.streaming import RateLimited
-from bot.core.commands import parse_command
 from bot.core.messages import Core
 from bot.draining import drain
-from storage.records import dm_channel
 
 log = logging.getLogger(__name__)
 # Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
@@ -54,6 +50,15 @@ SDK_LOG = logging.getLogger(f"{__name__}.sdk")
 SDK_LOG.addFilter(SECRETS)
 # Slack's Retry-After is whole seconds; when a 429 comes without one, wait this long.
 DEFAULT_RETRY_AFTER_S = 1.0
+# Web API errors that mean the token itself is dead, not that one call was refused: nothing works until someone acts.
+CREDENTIALS_REFUSED = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"})
+BOT_TOKEN, APP_TOKEN = "SCRATCHBOT_SLACK_BOT_TOKEN", "SCRATCHBOT_SLACK_APP_TOKEN"  # the settings, as named to users
+TOKEN_HELP = {  # what to do when Slack refuses a token at start-up
+    BOT_TOKEN: "set it to the Bot User OAuth Token (xoxb-...) on the app's OAuth & Permissions page, after installing "
+    "the app to the workspace",
+    APP_TOKEN: "set it to an app-level token (xapp-...) with the connections:write scope, from the app's Basic "
+    "Information page, and turn Socket Mode on for the app",
+}
 
 
 class SlackAdapter:
@@ -65,12 +70,17 @@ class SlackAdapter:
         SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
         for sdk in ("slack_sdk", "slack_bolt"):  # their own module loggers too: the webhook client behind
             install_redaction(sdk, SECRETS)  # `respond` logs each response_url at DEBUG
-        # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself.
+        self._refused: CredentialsRevoked | None = None  # set when Slack called a token dead while serving
+        # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself. The watch
+        # comes first so that it sees every answer.
         self.client = AsyncWebClient(
             token=config.bot_token,
-            base_url=config.api_url or AsyncWebClient.BASE_URL,
+            base_url=config.api_url,  # Bolt's per-request clients copy it; Socket Mode asks it for its URL
             logger=SDK_LOG,
-            retry_handlers=[AsyncConnectionErrorRetryHandler()],
+            retry_handlers=[
+                CredentialsWatch(config.app_token, self._credentials_refused),
+                AsyncConnectionErrorRetryHandler(),
+            ],
         )
         self.app = AsyncApp(
             client=self.client,
@@ -81,8 +91,9 @@ class SlackAdapter:
             ignoring_self_events_enabled=True,  # our own posts never come back as questions
             process_before_response=False,  # listeners ack and hand work to our own tasks either way
         )
-        self.api = SdkWebApi(self.client)
+        self.api = SdkWebApi(self.client, refused=lambda: self._refused is not None)
         self._commands = SlackCommands(core, self.api, config, self._spawn)
+        self._events = SlackEvents(core, self.api, config, self._commands, self._spawn)
         self._register()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
@@ -93,10 +104,12 @@ class SlackAdapter:
         self.ready = asyncio.Event()  # set once connected (Socket Mode) or listening (HTTP mode)
 
     def _register(self) -> None:
-        self.app.event("app_mention")(self._on_mention)
-        self.app.event("message")(self._on_message)
-        self.app.event("app_uninstalled")(self._on_uninstalled)
-        self.app.event("tokens_revoked")(self._on_tokens_revoked)
+        self.app.event("app_mention")(self._events.on_mention)
+        self.app.event("message")(self._events.on_message)
+        self.app.event("channel_deleted")(self._events.on_channel_deleted)
+        self.app.event("group_deleted")(self._events.on_channel_deleted)
+        self.app.event("app_uninstalled")(self._events.on_uninstalled)
+        self.app.event("tokens_revoked")(self._events.on_tokens_revoked)
         for name in COMMANDS:
             self.app.command(f"/{name}")(self._commands.on_command)
         self.app.shortcut(SUMMARIZE_SHORTCUT)(self._commands.on_summarize_thread)
@@ -105,9 +118,11 @@ class SlackAdapter:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until `close`. Raises SlackApiError when Slack refuses the bot or app token."""
-        await self.client.auth_test()  # a bad bot token fails here, loudly, instead of on the first message
+        """Serve until `close`. Raises `PlatformStartError` when Slack cannot be reached or refuses a token at
+        start-up, and `CredentialsRevoked` when it refuses one while serving (the adapter has stopped then)."""
         try:
+            with self._start_failures("auth.test", BOT_TOKEN):
+                await self.client.auth_test()  # a bad bot token fails here, loudly, instead of on the first message
             if self._config.transport == "socket":
                 await self._start_socket_mode()
             else:
@@ -116,6 +131,9 @@ class SlackAdapter:
             await self._closing.wait()
         finally:
             await self._stop_transport()
+        if self._refused is not None:
+            await drain(self._tasks, 0)  # cancelled already; let them unwind before we report
+            raise self._refused
 
     async def _start_socket_mode(self) -> None:
         assert self._config.app_token is not None  # SlackConfig checked it
@@ -127,19 +145,63 @@ class SlackAdapter:
             ping_interval=self._config.ping_interval_s,
         )
         # Opening the first URL ourselves makes a bad app token raise here; the SDK's connect() would retry forever.
-        opened = await self.client.apps_connections_open(app_token=self._config.app_token)
+        with self._start_failures("apps.connections.open", APP_TOKEN):
+            opened = await self.client.apps_connections_open(app_token=self._config.app_token)
         self._socket.client.wss_uri = opened["url"]
         await self._socket.connect_async()
         log.info("Slack connected in Socket Mode")
 
     async def _start_http(self) -> None:
+        host, port = self._config.http_host, self._config.http_port
         web_app = web.Application()
         web_app.router.add_post(self._config.http_path, self._on_http_request)
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._config.http_host, self._config.http_port).start()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError as e:  # the port taken, the address not this machine's
+            raise PlatformStartError(
+                f"Slack HTTP mode cannot listen on {host}:{port} ({e.strerror or e}): set SCRATCHBOT_SLACK_HTTP_PORT "
+                "(and SCRATCHBOT_SLACK_HTTP_HOST) to an address of this machine that nothing else listens on"
+            ) from None
         self.http_port = self._runner.addresses[0][1]
-        log.info("Slack HTTP mode listening on %s:%d%s", self._config.http_host, self.http_port, self._config.http_path)
+        log.info("Slack HTTP mode listening on %s:%d%s", host, self.http_port, self._config.http_path)
+
+    @contextlib.contextmanager
+    def _start_failures(self, method: str, setting: str) -> Iterator[None]:
+        """A start-up call that fails becomes one `PlatformStartError` sentence saying what to do."""
+        try:
+            yield
+        except SlackApiError as e:
+            status, error = _refusal(e)
+            if error is None:  # a proxy's error page, Slack down, or no Slack behind the URL at all
+                raise PlatformStartError(
+                    f"{self._config.api_url} answered {method} with HTTP {status}, not as Slack answers: if Slack is "
+                    "up, set SCRATCHBOT_SLACK_API_URL to its Web API (unset: Slack's own)"
+                ) from None
+            if error not in CREDENTIALS_REFUSED and error != "not_allowed_token_type":  # e.g. ratelimited, fatal_error
+                raise PlatformStartError(f"Slack answered {method} with {error}: try again in a few minutes") from None
+            raise PlatformStartError(
+                f"Slack refused {setting} ({error} from {method}): {TOKEN_HELP[setting]}"
+            ) from None
+        except (aiohttp.ClientError, OSError) as e:  # refused, no route, DNS, TLS; a timeout is an OSError too
+            raise PlatformStartError(
+                f"cannot reach Slack's Web API at {self._config.api_url} ({str(e) or type(e).__name__}): check this "
+                "machine's network connection, or SCRATCHBOT_SLACK_API_URL if Slack is reached through a proxy"
+            ) from None
+
+    def _credentials_refused(self, setting: str, method: str, error: str) -> None:
+        """`CredentialsWatch` heard Slack call a token dead. While serving, stop for good: nothing more can reach
+        Slack until someone acts. (At start-up `_start_failures` says so instead.)"""
+        if not self.ready.is_set() or self._stopped or self._refused is not None:
+            return
+        self._refused = CredentialsRevoked(
+            f"Slack refused {setting} while serving ({error} from {method}): the token was revoked or regenerated, "
+            f"the app uninstalled, or the workspace deactivated; set {setting} to the app's current token and restart"
+        )
+        self._closing.set()  # run() closes the transport and raises it
+        for task in self._tasks:
+            task.cancel()  # answers in progress can reach nobody now; SdkWebApi ends each quietly
 
     async def _on_http_request(self, request: web.Request) -> web.Response:
         try:
@@ -166,6 +228,9 @@ class SlackAdapter:
             log.warning("%d Slack answers cut short at shutdown", late)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._refused is not None:  # an event that arrived as we stopped: nothing it does could reach Slack
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(self._guarded(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -179,90 +244,70 @@ class SlackAdapter:
         except Exception:  # the boundary of one Slack request: the core's own errors never get here
             log.exception("failed to handle a Slack request")
 
-    # -- events --------------------------------------------------------------------------------------------------
 
-    async def _on_mention(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        if event.get("bot_id") or event.get("subtype") or str(event.get("channel", "")).startswith("D"):
-            return  # other bots; DMs arrive as message events
-        self._spawn(self._answer(body, event, context, is_dm=False))
+class CredentialsWatch(AsyncRetryHandler):
+    """Sees every Web API answer our tokens get and reports those calling a token dead: ``refused(setting, method,
+    error)``. It never asks for a retry. A retry handler because slack_sdk shows each answer to its client's retry
+    handlers and Bolt copies them into the client it builds for each request: this is the one place that sees the
+    calls of all three, ours, Bolt's (auth.test) and Socket Mode's reconnects (apps.connections.open)."""
 
-    async def _on_message(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        subtype = event.get("subtype")
-        if subtype == "message_deleted":
-            self._spawn(self._deleted(body, event, context))
-        elif subtype is None and not event.get("bot_id") and event.get("channel_type") == "im":
-            self._spawn(self._answer(body, event, context, is_dm=True))
-        # Everything else is ignored: edits (message_changed), bot posts, joins, and channel messages, which we
-        # subscribe to only to hear of deletions; mentions in channels arrive as app_mention.
+    def __init__(self, app_token: str | None, refused: Callable[[str, str, str], None]) -> None:
+        super().__init__(max_retry_count=0)
+        self._app_token = app_token
+        self._refused = refused
 
-    async def _answer(self, body: dict[str, Any], event: dict[str, Any], context: Any, *, is_dm: bool) -> None:
-        team, user, channel = _team(body, context), str(event["user"]), str(event["channel"])
-        command, text = parse_command(plain(event.get("text", ""), bot_user_id=context.get("bot_user_id")))
-        if is_dm:
-            thread = str(event.get("thread_ts") or "")  # a DM is one conversation, unless the user opens a thread
-            reply_thread = thread or None
-        else:
-            thread = reply_thread = str(event.get("thread_ts") or event["ts"])
-        sink = ChannelSink(self.api, channel, reply_thread)
-        reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
-        transcript = None
-        if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
-            transcript = self._commands.reader(reply, channel, event.get("thread_ts"))
-        incoming = slack_incoming(
-            team, user, channel, command, text, thread=thread, message_id=str(event["ts"]), transcript=transcript,
-            event_id=str(body["event_id"]) if body.get("event_id") else None,
-        )  # fmt: skip
-        await self._core.handle(incoming, reply)
-
-    async def _deleted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        previous = event.get("previous_message") or {}
-        deleted_ts = event.get("deleted_ts") or previous.get("ts")
-        if not deleted_ts:
-            return
-        channel = str(event["channel"])
-        if event.get("channel_type") == "im":
-            if not previous.get("user"):
-                return  # not a user's message; nothing of ours is keyed by it
-            channel = dm_channel(str(previous["user"]))
-        await self._core.messages_deleted("slack", _team(body, context), channel, [str(deleted_ts)])
-
-    async def _on_uninstalled(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        await ack()
-        self._spawn(self._purge(_team(body, context), "app_uninstalled"))
-
-    async def _on_tokens_revoked(self, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
-        await ack()
-        # Only the bot's token matters: we hold no user tokens, so a user revoking theirs leaves nothing to purge.
-        if event.get("tokens", {}).get("bot"):
-            self._spawn(self._purge(_team(body, context), "tokens_revoked"))
-
-    async def _purge(self, team: str, reason: str) -> None:
-        deleted = await self._core.tenant_removed("slack", team, reason)
-        log.info("Slack workspace %s removed (%s): %d stored messages deleted", team, reason, deleted)
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        body = response.body if response is not None else None
+        code = body.get("error") if isinstance(body, dict) else None
+        if code in CREDENTIALS_REFUSED:
+            bearer = next(iter(request.headers.get("Authorization") or []), "").removeprefix("Bearer ")
+            setting = APP_TOKEN if self._app_token and bearer == self._app_token else BOT_TOKEN
+            self._refused(setting, request.url.rsplit("/", 1)[-1], str(code))
+        return False
 
 
 class SdkWebApi:
     """`slack_reply.WebApi` over slack_sdk's client: the one place slack_sdk's errors are read. A 429 becomes
-    `RateLimited` with Slack's Retry-After, any other error `SlackRefusedError` with Slack's error code."""
+    `RateLimited` with Slack's Retry-After, a dead token `asyncio.CancelledError` (the adapter has stopped and
+    cancelled the work; ``refused()`` says so), any other error `SlackRefusedError` with Slack's error code."""
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, refused: Callable[[], bool] = lambda: False) -> None:
         self._client = client
+        self._refused = refused
 
     async def call(self, method: str, **params: Any) -> Mapping[str, Any]:
+        if self._refused():  # e.g. the final edit of an answer being cancelled: it could only be refused again
+            raise asyncio.CancelledError(f"{method} not called: Slack refused our token")
         # The typed method (chat_postMessage for chat.postMessage) encodes its arguments the way Slack expects.
         typed = getattr(self._client, method.replace(".", "_"))
         try:
             response = await typed(**params)
         except SlackApiError as e:
-            # Usually a SlackResponse; an unreadable body comes with aiohttp's raw response (`status`, no `get`).
-            status = getattr(e.response, "status_code", getattr(e.response, "status", None))
+            status, error = _refusal(e)
             if status == 429:
                 raise RateLimited(_retry_after(getattr(e.response, "headers", None))) from e
-            error = e.response.get("error") if hasattr(e.response, "get") else None
-            raise SlackRefusedError(method, str(error or f"HTTP {status}, unreadable answer")) from e
+            if error in CREDENTIALS_REFUSED:
+                # An answer that cannot reach Slack is no error of this request: it ends as the adapter stops,
+                # without a traceback per message; the operator hears of the token once (`CredentialsRevoked`).
+                raise asyncio.CancelledError(f"Slack refused our token: {error}") from e
+            raise SlackRefusedError(method, error or f"HTTP {status}, unreadable answer") from e
         return response.data if isinstance(response.data, dict) else {}
+
+
+def _refusal(e: SlackApiError) -> tuple[int | None, str | None]:
+    """The HTTP status of a failed call and Slack's error code, None when the body was no Slack answer (a proxy's
+    error page). `e.response` is a SlackResponse, or aiohttp's raw response (`status`, no `data`) if unreadable."""
+    status = getattr(e.response, "status_code", getattr(e.response, "status", None))
+    data = getattr(e.response, "data", None)
+    error = data.get("error") if isinstance(data, dict) else None
+    return status, str(error) if error else None
 
 
 def _retry_after(headers: Mapping[str, Any] | None) -> float:
@@ -273,10 +318,3 @@ def _retry_after(headers: Mapping[str, Any] | None) -> float:
             except ValueError:
                 break
     return DEFAULT_RETRY_AFTER_S
-
-
-def _team(body: dict[str, Any], context: Any) -> str:
-    team = body.get("team_id") or (body.get("team") or {}).get("id") or context.get("team_id")
-    if not team:
-        raise ValueError("a Slack request without a team id: cannot tell which workspace it belongs to")
-    return str(team)

@@ -6,12 +6,19 @@ shortcuts "Summarize thread" and "Translate message" answer in the thread of the
 listener acknowledges at once and leaves the work to a task, so Slack's 3-second deadline holds while the model is
 busy. Summaries read the conversation from Slack (conversations.history / conversations.replies), so they cover
 what people said to each other, not only what they said to the bot.
+
+Slack never retries a command or a shortcut, but in HTTP mode a captured request stays correctly signed for the
+5 minutes Bolt accepts it, so it can be replayed. Each use carries a `trigger_id` of its own: it travels as the
+event id (`replay_id`), and the core, which records event ids in the shared database before anything else, answers
+a replay by nobody, whichever bot process it reaches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bot.adapters.slack.reply import (
@@ -27,7 +34,7 @@ from bot.adapters.slack.text import plain
 from bot.adapters.streaming import RateLimited
 from bot.core.commands import quote_language
 from bot.core.messages import Core, Incoming, ReadRefused, TranscriptLine, TranscriptReader
-from storage.records import dm_channel
+from storage.records import ID_LENGTH, dm_channel
 
 if TYPE_CHECKING:
     from bot.adapters.slack.config import SlackConfig
@@ -57,27 +64,29 @@ class SlackCommands:
         self._config = config
         self._spawn = spawn
 
-    async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+    # Bolt passes each argument by its name; `request` (its AsyncBoltRequest) tells a replay apart (`replay_id`).
+    async def on_command(self, ack: Any, command: dict[str, Any], respond: Any, request: Any) -> None:
         await ack()
-        self._spawn(self._command(command, respond))
+        self._spawn(self._command(command, respond, replay_id(command, request)))
 
-    async def on_summarize_thread(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+    async def on_summarize_thread(self, ack: Any, shortcut: dict[str, Any], respond: Any, request: Any) -> None:
         await ack()
-        self._spawn(self._shortcut(shortcut, respond, "summarize"))
+        self._spawn(self._shortcut(shortcut, respond, "summarize", replay_id(shortcut, request)))
 
-    async def on_translate_message(self, ack: Any, shortcut: dict[str, Any], respond: Any) -> None:
+    async def on_translate_message(self, ack: Any, shortcut: dict[str, Any], respond: Any, request: Any) -> None:
         await ack()
-        self._spawn(self._shortcut(shortcut, respond, "translate"))
+        self._spawn(self._shortcut(shortcut, respond, "translate", replay_id(shortcut, request)))
 
-    async def _command(self, command: dict[str, Any], respond: Any) -> None:
+    async def _command(self, command: dict[str, Any], respond: Any, event_id: str) -> None:
         name = str(command["command"]).lstrip("/")
         team, user, channel = str(command["team_id"]), str(command["user_id"]), str(command["channel_id"])
         text = str(command.get("text") or "").strip()
         reply = self._reply(channel, None, user, respond if command.get("response_url") else None)
         transcript = self.reader(reply, channel, None) if name == "summarize" else None
-        await self._core.handle(slack_incoming(team, user, channel, name, text, transcript=transcript), reply)
+        incoming = slack_incoming(team, user, channel, name, text, event_id=event_id, transcript=transcript)
+        await self._core.handle(incoming, reply)
 
-    async def _shortcut(self, shortcut: dict[str, Any], respond: Any, command: str) -> None:
+    async def _shortcut(self, shortcut: dict[str, Any], respond: Any, command: str, event_id: str) -> None:
         team, user = str(shortcut["team"]["id"]), str(shortcut["user"]["id"])
         channel, message = str(shortcut["channel"]["id"]), shortcut["message"]
         root = str(message.get("thread_ts") or message["ts"])
@@ -87,7 +96,9 @@ class SlackCommands:
             transcript = self.reader(reply, channel, root)
         else:
             text = f"{quote_language(self._config.translate_language)} {plain(str(message.get('text') or ''))}"
-        incoming = slack_incoming(team, user, channel, command, text, thread=root, transcript=transcript)
+        incoming = slack_incoming(
+            team, user, channel, command, text, thread=root, event_id=event_id, transcript=transcript
+        )
         await self._core.handle(incoming, reply)
 
     def _reply(self, channel: str, thread_ts: str | None, user: str, respond: Any) -> SlackReply:
@@ -172,6 +183,19 @@ def slack_incoming(
         is_dm=channel.startswith("D"),
         transcript=transcript,
     )
+
+
+def replay_id(payload: Mapping[str, Any], request: Any) -> str:
+    """The event id of one slash command or shortcut: ``trigger:`` and Slack's trigger id, unique to each use. Without
+    one (or one too long to store), a digest of what Slack signed, "v0:<timestamp>:<body>": a replay repeats it byte
+    for byte, while the same text sent again is signed at another moment. ``request`` is Bolt's AsyncBoltRequest."""
+    trigger = str(payload.get("trigger_id") or "")
+    if trigger and len(f"trigger:{trigger}") <= ID_LENGTH:
+        return f"trigger:{trigger}"
+    timestamp = next(iter(request.headers.get("x-slack-request-timestamp") or []), "")
+    # In Socket Mode nothing is signed (and nothing can be replayed): the payload is all there is.
+    signed = f"v0:{timestamp}:{request.raw_body}" if request.raw_body else json.dumps(payload, sort_keys=True)
+    return f"body:{hashlib.sha256(signed.encode()).hexdigest()}"
 
 
 def conversation_channel(channel: str, user: str) -> str:

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 from bot.adapters.slack.text import MESSAGE_LIMIT
-from bot.settings import Settings
+from bot.settings import SLACK_API_URL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class SlackConfig:
     http_host: str = "127.0.0.1"  # HTTP mode: listen here; put a TLS proxy / load balancer in front
     http_port: int = 3000  # HTTP mode; 0 picks a free port (tests read `http_port` back)
     http_path: str = "/slack/events"  # the Request URL's path in the app manifest (events, commands, shortcuts)
-    api_url: str | None = None  # Web API base URL ending in "/"; None is Slack's. Tests point it at a fake Slack
+    api_url: str = SLACK_API_URL  # Web API base URL, ending in "/" (Settings sees to it); tests use a fake Slack's
     edit_interval_s: float = 1.0  # at most one chat.update per message this often (Slack allows about one a second)
     message_limit: int = MESSAGE_LIMIT  # characters per message as posted (escaped); longer answers are split
     translate_language: str = "English"  # what the "Translate message" shortcut translates into
@@ -56,5 +56,6 @@ def slack_config(settings: Settings) -> SlackConfig:
         mode=settings.slack_mode,
         http_host=settings.slack_http_host,
         http_port=settings.slack_http_port,
+        api_url=settings.slack_api_url,
         close_grace_s=settings.shutdown_grace_s,
     )

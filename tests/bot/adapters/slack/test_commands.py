@@ -12,8 +12,10 @@ from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import ADMIN, ANSWER, SUMMARIZE_DEFAULT, TOKENIZER, running, socket_config
 from tests.fake_slack.payloads import (
     TS,
+    channel_deleted,
     direct_message,
     event_callback,
+    group_deleted,
     mention,
     message_deleted,
     message_shortcut,
@@ -189,6 +191,28 @@ async def test_deleting_a_message_on_slack_deletes_our_copy(fake_slack, manager,
         await eventually_async(lambda: stored_counts(store, [thread, dm]), [1, 1], what="the deletions")
     assert [m.text for m in await store.recent_history(thread)] == [ANSWER]
     assert [m.text for m in await store.recent_history(dm)] == [ANSWER]
+
+
+async def test_deleting_a_channel_on_slack_deletes_its_conversations_and_settings(fake_slack, manager, store):
+    public, private, kept = (ConversationKey("slack", "T1", channel, TS) for channel in ("C1", "G1", "C2"))
+    for channel in ("C1", "G1", "C2"):
+        await store.update_channel_settings(
+            platform="slack", tenant="T1", channel=channel, changes={"temperature": 0.7}, updated_by=ADMIN
+        )
+    async with running(manager, socket_config(fake_slack)):
+        for key in (public, private, kept):
+            await fake_slack.send("events_api", event_callback(mention("hello", TS, channel=key.channel)))
+        await eventually_async(lambda: stored_counts(store, [public, private, kept]), [2, 2, 2], what="answers")
+        await fake_slack.send("events_api", event_callback(channel_deleted("C1")))
+        await fake_slack.send("events_api", event_callback(group_deleted("G1")))
+        await eventually_async(lambda: stored_counts(store, [public, private, kept]), [0, 0, 2], what="the purges")
+    settings = [await store.get_channel_settings(platform="slack", tenant="T1", channel=c) for c in ("C1", "G1", "C2")]
+    assert settings == [{}, {}, {"temperature": 0.7}]
+    purges = [a for a in await store.audit_entries(platform="slack") if a.action == "channel.purge"]
+    assert sorted((a.target, a.detail["reason"]) for a in purges) == [
+        ("C1", "channel_deleted"),
+        ("G1", "group_deleted"),
+    ]
 
 
 async def test_summarize_without_a_count_reads_the_services_default_however_large(fake_slack, manager) -> None:

@@ -1,13 +1,16 @@
 """The Slack adapter end to end in HTTP mode: Bolt's aiohttp endpoint served beside other work on one loop, requests
-signed as Slack signs them, retries with X-Slack-Retry-Num, two bot processes sharing one database, and requests
-that must be refused without running anything or logging a secret."""
+signed as Slack signs them, retries with X-Slack-Retry-Num, captured commands and shortcuts replayed, two bot
+processes sharing one database, and requests that must be refused without running anything or logging a secret."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
+
+import pytest
 
 from storage.records import ConversationKey
 from storage.store import open_store
@@ -24,7 +27,7 @@ from tests.fake_slack.fixtures import (
     running,
     socket_config,
 )
-from tests.fake_slack.payloads import TS, event_callback, mention, slash_command
+from tests.fake_slack.payloads import TS, event_callback, mention, message_shortcut, slash_command
 from tests.fake_slack.server import eventually
 from tests.fake_slack.signing import SignedPoster, sign
 
@@ -61,6 +64,54 @@ async def test_a_slash_command_over_http_is_acknowledged_at_once(fake_slack, man
         assert asyncio.get_running_loop().time() - started < 3.0  # while the answer still waits for the model
         generator.hold.set()
         await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the translation")
+
+
+async def test_a_replayed_slash_command_is_answered_once_and_a_new_one_is_answered(fake_slack, manager, generator):
+    first = slash_command("/translate", "French Hello", fake_slack.response_url(), trigger="1700000000.1.aaa")
+    second = slash_command("/translate", "French Goodbye", fake_slack.response_url(), trigger="1700000000.2.bbb")
+    deliveries = record_deliveries(manager)
+    async with running(manager, http_config(fake_slack)) as adapter:
+        signed_at = int(time.time())
+        assert await poster(adapter).command(first, timestamp=signed_at) == (200, "")
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER], what="the translation")
+        # The captured request, bytes and signature unchanged, within Slack's 5-minute window: Bolt accepts it.
+        assert await poster(adapter).command(first, timestamp=signed_at) == (200, "")
+        await eventually(lambda: len(deliveries) == 2, what="the replay checked")
+        assert await poster(adapter).command(second, timestamp=signed_at) == (200, "")
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER, ANSWER], what="the second translation")
+    assert deliveries == [
+        ("trigger:1700000000.1.aaa", True), ("trigger:1700000000.1.aaa", False), ("trigger:1700000000.2.bbb", True),
+    ]  # fmt: skip
+    assert len(generator.prompts) == 2
+
+
+@pytest.mark.parametrize("shortcut", ["translate_message", "summarize_thread"])
+async def test_a_replayed_message_shortcut_is_answered_once(fake_slack, manager, generator, shortcut: str) -> None:
+    fake_slack.history["C1"] = [{"type": "message", "user": "U2", "text": "Bonjour", "ts": TS}]
+    used = message_shortcut(shortcut, {"user": "U2", "text": "Bonjour", "ts": TS}, fake_slack.response_url())
+    deliveries = record_deliveries(manager)
+    async with running(manager, http_config(fake_slack)) as adapter:
+        signed_at = int(time.time())
+        for _ in range(2):
+            assert await poster(adapter).interactive(used, timestamp=signed_at) == (200, "")
+        await eventually(lambda: len(deliveries) == 2, what="both deliveries checked")
+        await eventually(lambda: fake_slack.thread("C1", TS) == [ANSWER], what="the answer in the thread")
+    assert sorted(deliveries) == [(f"trigger:{used['trigger_id']}", False), (f"trigger:{used['trigger_id']}", True)]
+    assert len(generator.prompts) == 1 and fake_slack.thread("C1", TS) == [ANSWER]
+
+
+async def test_a_command_without_a_trigger_id_is_told_apart_by_its_signed_body(fake_slack, manager, generator):
+    command = slash_command("/translate", "French Hello", fake_slack.response_url())
+    del command["trigger_id"]
+    deliveries = record_deliveries(manager)
+    async with running(manager, http_config(fake_slack)) as adapter:
+        signed_at = int(time.time())
+        for n, at in enumerate((signed_at, signed_at, signed_at - 1), 1):  # a replay, then the same text signed anew
+            assert await poster(adapter).command(command, timestamp=at) == (200, "")
+            await eventually(lambda n=n: len(deliveries) == n, what=f"post {n} checked")
+        await eventually(lambda: fake_slack.thread("C1", None) == [ANSWER, ANSWER], what="two answers")
+    assert [first for _, first in deliveries] == [True, False, True]
+    assert all(event_id.startswith("body:") for event_id, _ in deliveries)
 
 
 async def test_two_processes_sharing_a_database_answer_a_duplicated_event_once(

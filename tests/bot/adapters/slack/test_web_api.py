@@ -1,8 +1,10 @@
 """SdkWebApi: the one place slack_sdk's errors are read. Whatever Slack answers, the rest of the adapter sees a
-result, `RateLimited` with Slack's wait, or `SlackRefusedError` with Slack's error code, never an SDK exception."""
+result, `RateLimited` with Slack's wait, `SlackRefusedError` with Slack's error code, or, when Slack calls our token
+dead, the request's end (`CancelledError`: the adapter is stopping), never an SDK exception."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -65,3 +67,17 @@ async def test_an_unreadable_answer_is_a_refusal_too_not_an_attribute_error() ->
     garbled = SlackApiError("Received a response in a non-JSON format: <html>Bad Gateway", RawResponse())
     with pytest.raises(SlackRefusedError, match="HTTP 502, unreadable answer"):
         await SdkWebApi(Client(garbled)).call("chat.postMessage", channel="C1", text="hi")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "token_revoked", "account_inactive", "not_authed"])
+async def test_a_dead_token_ends_the_request_instead_of_failing_it(error: str) -> None:
+    dead = SlackApiError(error, response({"ok": False, "error": error}))
+    with pytest.raises(asyncio.CancelledError):  # the core logs no traceback for it and tells nobody "sorry"
+        await SdkWebApi(Client(dead)).call("chat.postMessage", channel="C1", text="hi")  # type: ignore[arg-type]
+
+
+async def test_once_the_adapter_stopped_on_a_dead_token_nothing_more_is_sent() -> None:
+    client = Client(response({"ok": True, "ts": "1.2"}))
+    with pytest.raises(asyncio.CancelledError):
+        await SdkWebApi(client, refused=lambda: True).call("chat.update", channel="C1", ts="1.2", text="hi")  # type: ignore[arg-type]
+    assert client.calls == []
