@@ -2,9 +2,9 @@
 
 Platforms limit writes per channel, not per message: Discord allows 5 message creates or edits per 5 s in a channel,
 Slack about one `chat.postMessage` / `chat.update` a second. Six answers streaming at once into one channel must share
-that budget, so every post and edit of a streamed answer spends from `ChannelPacer`, a token bucket per channel that
-the adapter owns. Interim edits are skipped when the bucket is empty (the next one shows the newer text anyway);
-the final edit waits for a token.
+that budget, so every post and edit of a streamed answer spends from `ChannelPacer`, a sliding window per channel
+that the adapter owns. Interim edits are skipped when the channel's budget is spent (the next one shows the newer
+text anyway); the final edit waits for its turn.
 
 A 429 whose Retry-After is longer than the ceiling (``SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S``) is not waited out by the
 answer: the answer's task ends, and `LateEdits` shows its final text once the platform allows it again, so no message
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # an hour of silence has bigger trouble to report (the log line says so).
 LATE_EDIT_HORIZON_S = 3600.0
 LATE_EDITS_MAX = 1000  # pending late edits kept at once: memory stays bounded in a storm of 429s
+DEFAULT_MAX_WAIT_S = 30.0  # the longest Retry-After an answer waits out itself (SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ SLACK_PACE = Pace(calls=1, per_s=1.0)  # Slack: about one message write a second
 
 
 class ChannelPacer:
-    """A token bucket per channel, shared by every answer the adapter streams."""
+    """At most ``pace.calls`` writes in any ``pace.per_s`` seconds in each channel, shared by every answer the adapter
+    streams. A sliding window, not a token bucket: a bucket refilling at calls/per_s would let a burst plus the
+    refill exceed what the platform counts in one window."""
 
     def __init__(
         self,
@@ -56,34 +60,31 @@ class ChannelPacer:
         self._pace = pace
         self._clock = clock
         self._sleep = sleep
-        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when counted)
+        self._recent: dict[str, deque[float]] = {}  # channel -> when its writes in the current window were made
 
     def try_take(self, channel: str) -> bool:
         """Spend a write if the channel has one now; False (nothing spent) if not."""
-        tokens, now = self._tokens(channel)
-        if tokens < 1:
+        now = self._clock()
+        recent = self._window(channel, now)
+        if len(recent) >= self._pace.calls:
             return False
-        self._buckets[channel] = (tokens - 1, now)
+        recent.append(now)
         return True
 
     async def take(self, channel: str) -> None:
         """Spend a write, waiting until the channel has one."""
         while not self.try_take(channel):
-            tokens, _ = self._tokens(channel)
-            await self._sleep((1 - tokens) * self._pace.per_s / self._pace.calls)
+            oldest = self._recent[channel][0]
+            await self._sleep(max(oldest + self._pace.per_s - self._clock(), 0.001))
 
-    def _tokens(self, channel: str) -> tuple[float, float]:
-        now = self._clock()
-        rate = self._pace.calls / self._pace.per_s
-        if len(self._buckets) > 1000:  # full buckets carry no information: forget them, or channels pile up
-            self._forget_full(now, rate)
-        tokens, then = self._buckets.get(channel, (float(self._pace.calls), now))
-        return min(float(self._pace.calls), tokens + (now - then) * rate), now
-
-    def _forget_full(self, now: float, rate: float) -> None:
-        for channel, (tokens, then) in list(self._buckets.items()):
-            if tokens + (now - then) * rate >= self._pace.calls:
-                del self._buckets[channel]
+    def _window(self, channel: str, now: float) -> deque[float]:
+        if len(self._recent) > 1000:  # channels quiet for a whole window carry no information: forget them
+            for quiet in [c for c, times in self._recent.items() if times[-1] <= now - self._pace.per_s]:
+                del self._recent[quiet]
+        recent = self._recent.setdefault(channel, deque())
+        while recent and recent[0] <= now - self._pace.per_s:
+            recent.popleft()
+        return recent
 
 
 class LateEdits:
@@ -121,3 +122,30 @@ class LateEdits:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """How one answer shares its channel's rate limits: the adapter's pacer and late edits, keyed by ``channel``."""
+
+    channel: str = ""
+    pacer: ChannelPacer | None = None
+    late: LateEdits | None = None  # None: a Retry-After over the ceiling reaches the caller as `TooLongToWait`
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+
+
+class PlatformLimits:
+    """What an adapter owns of its platform's rate limits: a write budget per channel, the late edits, the ceiling.
+    Every reply it makes takes its channel's `ChannelLimits` from here."""
+
+    def __init__(self, pace: Pace, max_wait_s: float = DEFAULT_MAX_WAIT_S, late: LateEdits | None = None) -> None:
+        """``late``: where answers rate-limited past the ceiling are finished (tests pass one on virtual time)."""
+        self._pacer = ChannelPacer(pace)
+        self._late = late if late is not None else LateEdits()  # not `or`: an empty LateEdits is falsy
+        self._max_wait_s = max_wait_s
+
+    def channel(self, key: str) -> ChannelLimits:
+        return ChannelLimits(key, self._pacer, self._late, self._max_wait_s)
+
+    async def close(self) -> None:
+        await self._late.close()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bot.adapters.pacing import ChannelPacer, LateEdits
+from bot.adapters.pacing import DEFAULT_MAX_WAIT_S, ChannelLimits
 from bot.adapters.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ CURSOR = " …"
 EMPTY_ANSWER = "(no answer: the model stopped before saying anything)"
 # A placeholder or final edit that keeps getting 429s is given up after this many tries; the error reaches the caller.
 FINAL_ATTEMPTS = 8
-DEFAULT_MAX_WAIT_S = 30.0  # the longest Retry-After an answer waits out itself (SCRATCHBOT_RATE_LIMIT_MAX_WAIT_S)
 LATE_NOTE = "\n\n(shown late: this channel was rate-limited for {seconds:.0f} s)"
 
 H = TypeVar("H")
@@ -45,16 +44,6 @@ class RateLimited(Exception):  # noqa: N818 -- named for the HTTP status the pla
 
 class TooLongToWait(RateLimited):
     """A 429 whose Retry-After is over the ceiling: not waited out by the answer."""
-
-
-@dataclass(frozen=True)
-class ChannelLimits:
-    """How one answer shares its channel's rate limits: the adapter's pacer and late edits, keyed by ``channel``."""
-
-    channel: str = ""
-    pacer: ChannelPacer | None = None
-    late: LateEdits | None = None  # None: a Retry-After over the ceiling reaches the caller as `TooLongToWait`
-    max_wait_s: float = DEFAULT_MAX_WAIT_S
 
 
 class _NoBudget(Exception):  # noqa: N818 -- control flow: skip this interim edit
@@ -158,6 +147,7 @@ class StreamedMessages(Generic[H]):
             late = self._limits.late
             if late is None:
                 raise
+            self._blocked(e, "the final edit")
             note = LATE_NOTE.format(seconds=e.retry_after)
             late.schedule(e.retry_after, lambda: self._sync(shown + note, ""), f"the answer in {self._where}")
 

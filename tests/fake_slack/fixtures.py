@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bot.adapters.pacing import LateEdits, Pace
 from bot.adapters.slack.adapter import SlackAdapter
 from bot.adapters.slack.config import SlackConfig
 from bot.core.auth import AdminPolicy
@@ -27,6 +28,9 @@ BOT_TOKEN = "xoxb-111-222-bottokensecret"
 APP_TOKEN = "xapp-1-A1-333-apptokensecret"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 ADMIN = "U-ADMIN"
+# Slack's real pace (a write a second per channel) would make every streaming test take seconds; the pacing itself
+# is tested at Slack's pace in test_rate_limits.py.
+FAST = Pace(calls=50, per_s=1.0)
 TOKENIZER = Tokenizer()
 ANSWER = "The answer is 4."  # what the `generator` fixture's model says, as Slack shows it
 DEFAULTS = ChannelConfig(max_new_tokens=100, temperature=0.0, top_k=None, top_p=None, history_messages=20)
@@ -88,6 +92,7 @@ def socket_config(slack: FakeSlack, **changes: Any) -> SlackConfig:
         app_token=APP_TOKEN,
         api_url=slack.api_url,
         edit_interval_s=0.05,
+        pace=FAST,
         ping_interval_s=2.0,
         close_grace_s=5.0,
     )
@@ -102,15 +107,18 @@ def http_config(slack: FakeSlack, **changes: Any) -> SlackConfig:
         http_port=0,
         api_url=slack.api_url,
         edit_interval_s=0.05,
+        pace=FAST,
         close_grace_s=5.0,
     )
     return replace(config, **changes)
 
 
 @asynccontextmanager
-async def running(manager: ConversationManager, config: SlackConfig) -> AsyncIterator[SlackAdapter]:
+async def running(
+    manager: ConversationManager, config: SlackConfig, late_edits: LateEdits | None = None
+) -> AsyncIterator[SlackAdapter]:
     """The adapter serving in a task, as `bot.app` runs it; closed (and its task finished) on the way out."""
-    adapter = SlackAdapter(manager, config)
+    adapter = SlackAdapter(manager, config, late_edits)
     task = asyncio.create_task(adapter.run())
     ready = asyncio.create_task(adapter.ready.wait())
     await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)

@@ -20,10 +20,10 @@ from bot.adapters.discord.client import UNREACHABLE, build_client, webhooks_at
 from bot.adapters.discord.commands import build_commands
 from bot.adapters.discord.config import DiscordConfig
 from bot.adapters.discord.reply import MESSAGE_LIMIT, NO_MENTIONS, REFUSED, ChannelSink, InteractionSink
-from bot.adapters.pacing import DISCORD_PACE, ChannelPacer, LateEdits
+from bot.adapters.pacing import LateEdits, PlatformLimits
 from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.adapters.redaction import SecretRedactingFilter, install_redaction, secret_path
-from bot.adapters.streaming import ChannelLimits, SinkReply
+from bot.adapters.streaming import SinkReply
 from bot.core.commands import parse_command
 from bot.core.messages import Core, Incoming, TranscriptLine, TranscriptReader
 from bot.draining import drain
@@ -59,8 +59,7 @@ class DiscordAdapter:
         self._served = False  # the gateway said READY once: from then on a refusal ends serving, not the start
         self._answering: set[asyncio.Task[object]] = set()
         # Discord limits writes per channel (5 per 5 s), not per message: every answer in a channel shares one budget.
-        self._pacer = ChannelPacer(DISCORD_PACE)
-        self._late = late_edits if late_edits is not None else LateEdits()  # an empty one is falsy
+        self._limits = PlatformLimits(config.pace, config.rate_limit_max_wait_s, late_edits)
         install_redaction("discord", SecretRedactingFilter([config.token], TOKEN_PATHS))
         self._client = build_client(config, intents=_intents(config), allowed_mentions=NO_MENTIONS)
         self._tree = app_commands.CommandTree(self._client)
@@ -109,7 +108,7 @@ class DiscordAdapter:
         # Answers cut short unwind while the client can still edit: each shows what arrived, without the cursor.
         if late := await drain(self._answering, self._config.close_grace_s, unwind_s=CUT_SHORT_S):
             log.warning("%d Discord answers cut short at shutdown", late)
-        await self._late.close()
+        await self._limits.close()
         await self._client.close()
 
     # -- startup -------------------------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ class DiscordAdapter:
                 await self._core.handle(incoming, reply)
 
     def _reply(self, sink: ChannelSink | InteractionSink, channel: str) -> SinkReply:
-        limits = ChannelLimits(channel, self._pacer, self._late, self._config.rate_limit_max_wait_s)
+        limits = self._limits.channel(channel)
         return SinkReply(sink, limit=MESSAGE_LIMIT, interval_s=self._config.edit_interval_s, limits=limits)
 
     def _incoming(

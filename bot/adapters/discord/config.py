@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from bot.adapters.pacing import DISCORD_PACE, Pace
+
 log = logging.getLogger(__name__)
 
 MIN_RATE_LIMIT_WAIT_S = 30.0  # discord.py raises any smaller `max_ratelimit_timeout` to this
@@ -23,6 +25,7 @@ class DiscordConfig:
     sync_commands: bool = True  # publish the slash commands at startup (a bulk overwrite: idempotent)
     message_content: bool = False  # privileged intent; only lets /summarize read messages that do not mention us
     close_grace_s: float = 30.0  # how long `close` lets answers in progress finish before disconnecting
+    pace: Pace = DISCORD_PACE  # message writes per channel, shared by every answer there
 
     def __post_init__(self) -> None:
         if self.rate_limit_max_wait_s < MIN_RATE_LIMIT_WAIT_S:  # discord.py would wait longer on its own calls

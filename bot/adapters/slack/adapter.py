@@ -33,6 +33,7 @@ from slack_sdk.http_retry.async_handler import AsyncRetryHandler, HttpRequest, H
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.pacing import LateEdits, PlatformLimits
 from bot.adapters.platform import CredentialsRevoked, PlatformStartError
 from bot.adapters.redaction import install_redaction
 from bot.adapters.slack.commands import COMMANDS, SUMMARIZE_SHORTCUT, TRANSLATE_SHORTCUT, SlackCommands
@@ -64,7 +65,8 @@ TOKEN_HELP = {  # what to do when Slack refuses a token at start-up
 class SlackAdapter:
     name = "slack"
 
-    def __init__(self, core: Core, config: SlackConfig) -> None:
+    def __init__(self, core: Core, config: SlackConfig, late_edits: LateEdits | None = None) -> None:
+        """``late_edits``: where answers rate-limited past the ceiling are finished (tests pass one on virtual time)."""
         self._core = core
         self._config = config
         SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
@@ -92,7 +94,9 @@ class SlackAdapter:
             process_before_response=False,  # listeners ack and hand work to our own tasks either way
         )
         self.api = SdkWebApi(self.client, refused=lambda: self._refused is not None)
-        self._commands = SlackCommands(core, self.api, config, self._spawn)
+        # Slack limits message writes per channel (about one a second): every answer in a channel shares one budget.
+        self._limits = PlatformLimits(config.pace, config.rate_limit_max_wait_s, late_edits)
+        self._commands = SlackCommands(core, self.api, config, self._spawn, self._limits)
         self._events = SlackEvents(core, self.api, config, self._commands, self._spawn)
         self._register()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -226,6 +230,7 @@ class SlackAdapter:
         await self._stop_transport()  # no new events; Slack redelivers unacknowledged ones to another process
         if late := await drain(self._tasks, self._config.close_grace_s):
             log.warning("%d Slack answers cut short at shutdown", late)
+        await self._limits.close()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         if self._refused is not None:  # an event that arrived as we stopped: nothing it does could reach Slack

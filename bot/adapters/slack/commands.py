@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from bot.adapters.pacing import PlatformLimits
 from bot.adapters.slack.reply import (
     ChannelSink,
     Ephemeral,
@@ -58,11 +59,12 @@ class SlackCommands:
     """Bolt listeners (the adapter registers them: ``on_command`` for each of COMMANDS, the ``on_…`` shortcut
     listeners under their callback ids) and the conversation reading that summaries need."""
 
-    def __init__(self, core: Core, api: WebApi, config: SlackConfig, spawn: Spawn):
+    def __init__(self, core: Core, api: WebApi, config: SlackConfig, spawn: Spawn, limits: PlatformLimits) -> None:
         self._core = core
         self._api = api
         self._config = config
         self._spawn = spawn
+        self.limits = limits  # every reply in a channel shares its budget, answers to events included
 
     # Bolt passes each argument by its name; `request` (its AsyncBoltRequest) tells a replay apart (`replay_id`).
     async def on_command(self, ack: Any, command: dict[str, Any], respond: Any, request: Any) -> None:
@@ -112,6 +114,7 @@ class SlackCommands:
             ephemeral=ephemeral,
             interval_s=self._config.edit_interval_s,
             limit=self._config.message_limit,
+            limits=self.limits.channel(channel),
         )
 
     def reader(self, reply: SlackReply, channel: str, thread_ts: str | None) -> TranscriptReader:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from bot.adapters.pacing import DEFAULT_MAX_WAIT_S, SLACK_PACE, Pace
 from bot.adapters.slack.text import MESSAGE_LIMIT
 from bot.settings import SLACK_API_URL, Settings
 
@@ -29,6 +30,8 @@ class SlackConfig:
     translate_language: str = "English"  # what the "Translate message" shortcut translates into
     ping_interval_s: float = 10.0  # Socket Mode keepalive; a silent connection is replaced after ~4 of these
     close_grace_s: float = 20.0  # on close, answers in progress get this long to finish, then are cancelled
+    rate_limit_max_wait_s: float = DEFAULT_MAX_WAIT_S  # a longer Retry-After is not waited out by the answer
+    pace: Pace = SLACK_PACE  # message writes per channel, shared by every answer there (tests speed it up)
 
     def __post_init__(self) -> None:
         if not self.bot_token:
@@ -58,4 +61,5 @@ def slack_config(settings: Settings) -> SlackConfig:
         http_port=settings.slack_http_port,
         api_url=settings.slack_api_url,
         close_grace_s=settings.shutdown_grace_s,
+        rate_limit_max_wait_s=settings.rate_limit_max_wait_s,
     )

@@ -80,7 +80,10 @@ class SlackEvents:
         else:
             thread = reply_thread = str(event.get("thread_ts") or event["ts"])
         sink = ChannelSink(self._api, channel, reply_thread)
-        reply = SlackReply(sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit)
+        limits = self._commands.limits.channel(channel)
+        reply = SlackReply(
+            sink, interval_s=self._config.edit_interval_s, limit=self._config.message_limit, limits=limits
+        )
         transcript = None
         if command == "summarize":  # "@bot /summarize": the thread the mention is in, else the channel
             transcript = self._commands.reader(reply, channel, event.get("thread_ts"))

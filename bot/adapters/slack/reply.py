@@ -14,9 +14,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from bot.adapters.pacing import ChannelLimits
 from bot.adapters.slack.text import MESSAGE_LIMIT, POST_OPTIONS, escape, escape_stream
 from bot.adapters.splitting import split_message
-from bot.adapters.streaming import EMPTY_ANSWER, StreamedMessages, until_accepted
+from bot.adapters.streaming import EMPTY_ANSWER, StreamedMessages, send_whole, until_accepted
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,21 @@ class SlackReply:
         ephemeral: Ephemeral | None = None,
         interval_s: float = 1.0,
         limit: int = MESSAGE_LIMIT,
+        limits: ChannelLimits | None = None,
     ) -> None:
+        """``limits``: the channel's share of Slack's rate limits (the adapter's pacer and late edits)."""
         self._sink = sink
         self._ephemeral = ephemeral
         self._interval = interval_s
         self._limit = limit
+        self._limits = limits or ChannelLimits(sink.channel)
 
     async def send(self, text: str) -> None:
+        if self._ephemeral is None:
+            await send_whole(self._sink.post, escape(text), self._limit, self._limits, attempts=SEND_ATTEMPTS)
+            return
         for chunk in split_message(escape(text), self._limit):
-            if self._ephemeral is not None:
-                await self._ephemeral(chunk)
-            else:
-                await until_accepted(lambda chunk=chunk: self._sink.post(chunk), "post", attempts=SEND_ATTEMPTS)
+            await self._ephemeral(chunk)
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
         raw: list[str] = []
@@ -93,7 +97,9 @@ class SlackReply:
                 raw.append(delta)
                 yield delta
 
-        streamed = StreamedMessages(self._sink, limit=self._limit, interval_s=self._interval, placeholder=PLACEHOLDER)
+        streamed = StreamedMessages(
+            self._sink, limit=self._limit, interval_s=self._interval, placeholder=PLACEHOLDER, limits=self._limits
+        )
         try:
             await streamed.run(escape_stream(keeping(deltas)))
         except SlackRefusedError as e:

@@ -331,3 +331,15 @@ async def test_close_after_its_grace_cuts_an_answer_short_without_leaving_the_cu
 def test_the_config_never_shows_its_token() -> None:
     config = DiscordConfig(token=TOKEN, api_url="https://discord.com/api/v10", rate_limit_max_wait_s=30)
     assert TOKEN not in repr(config) and TOKEN not in str(config)
+
+
+async def test_answers_streaming_into_one_channel_share_its_five_writes_per_five_seconds(bot: Bot) -> None:
+    answer = " ".join(f"word{i}" for i in range(30))
+    bot.generator.answer, bot.generator.delay_s = " " + answer, 0.05  # each streams for about 1.5 s
+    questions = [await bot.mention(f"Question {i}") for i in range(6)]
+    for question in questions:
+        await bot.answered(question, answer)
+    writes = sorted(c.at for c in bot.discord.calls_to("POST", SENDS) + bot.discord.calls_to("PATCH", SENDS))
+    assert len(writes) > 6  # six replies, and edits
+    # Discord allows 5 per 5 s in a channel: any six writes span at least 5 s (less 0.3 s for the way to the fake).
+    assert min(later - earlier for earlier, later in zip(writes, writes[5:], strict=False)) >= 4.7
