@@ -28,6 +28,7 @@ from bot.inference.generator import (
     ReloadFailed,
     TenantBusy,
 )
+from bot.inference.memory import release_freed_memory
 from llm.decoding.engine import Engine, Event
 from llm.decoding.sampling import SamplingParams
 
@@ -290,16 +291,20 @@ class InferenceWorker:
 
     def _step(self, deliveries: list[Delivery]) -> None:
         tokens, start = 0, time.monotonic()
-        for served in list(self._served):
+        for served in self._served:
             while served.engine.can_admit:
                 # One prefill at a time, each first token sent at once: with many arrivals the first answer does
                 # not wait for every other prompt's prefill and the batch's decode step.
                 tokens += self._handle(served, served.engine.admit(limit=1), deliveries)
                 self._flush(deliveries)
             tokens += self._handle(served, served.engine.decode(), deliveries)
-            if served is not self._served[-1] and not served.engine.has_work:
-                self._served.remove(served)  # drained: the old model and its cache can go
-                log.info("old model %s drained", served.info.name)
+        if any(not s.engine.has_work for s in self._served[:-1]):
+            # Drained: the old model and its cache can go, and their memory back to the system (not kept by the
+            # allocator), once nothing here refers to them any more.
+            self._served = [s for s in self._served[:-1] if s.engine.has_work] + self._served[-1:]
+            del served
+            release_freed_memory()
+            log.info("old model drained; %d model(s) serving", len(self._served))
         with self._lock:
             self._active = sum(s.engine.active for s in self._served)
             if tokens:
@@ -352,6 +357,7 @@ class InferenceWorker:
 
     def _finish(self, request: Request, deliveries: list[Delivery], outcome: Completion | BaseException) -> None:
         request.finished = True
+        request.served = None  # a handle kept after its answer must not keep a reloaded-away model alive
         deliveries.append((request.handle, outcome))
         self._settle([request])
 

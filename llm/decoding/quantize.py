@@ -39,6 +39,21 @@ _PACK_BLOCK = 16
 # From this many rows on (a prompt's prefill, a large batch) one bf16 GEMM over the converted matrix beats the
 # fused kernel, whose cost grows about linearly in the rows (3072x768: 56us at 1 row, 2.8ms at 100 rows vs 0.55ms).
 _PACK_MAX_ROWS = 16
+# oneDNN keeps what it builds for every bf16 GEMM shape it meets, and each new prompt length is a new shape: serving
+# every length from 20 to 480 tokens once grew the process by ~700 MB, and again by ~100 MB on a second pass (the
+# soak benchmark, bench/soak.py). Rows rounded up to a multiple of this (zero rows, sliced off again; rows of a
+# matrix product do not mix) leave context/64 shapes per matrix, for at most 63 rows of extra work per prompt.
+_ROW_BUCKET = 64
+
+
+def bucketed_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` of (rows, in) on a CPU with the rows padded to a multiple of `_ROW_BUCKET`: the same values for
+    the real rows, and a bounded number of GEMM shapes however many prompt lengths the service meets."""
+    rows = x2d.shape[0]
+    padded = -(-rows // _ROW_BUCKET) * _ROW_BUCKET
+    if padded == rows or not x2d.is_cpu:
+        return F.linear(x2d, weight, bias)
+    return F.linear(F.pad(x2d, (0, 0, 0, padded - rows)), weight, bias)[:rows]
 
 
 class MatVecLinear(nn.Linear):
@@ -59,6 +74,9 @@ class MatVecLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         if x.numel() != self.in_features or not x.is_cpu:
+            if weight.dtype == torch.bfloat16 and x.is_cpu:
+                y = bucketed_linear(x.reshape(-1, self.in_features), weight, bias)
+                return y.view(*x.shape[:-1], self.out_features)
             return F.linear(x, weight, bias)
         y = torch.mv(weight, x.reshape(-1))  # (out,)
         if bias is not None:
@@ -113,7 +131,7 @@ class Int8Linear(nn.Module):
             y = torch._weight_int8pack_mm(x2d.contiguous(), weight, scales)  # (B*T, out)
         else:
             # Per-output-channel scales commute with the matmul: x @ (W * s[:, None]).T == (x @ W.T) * s.
-            y = F.linear(x2d, weight.to(scales.dtype)).mul_(scales)  # (B*T, out)
+            y = bucketed_linear(x2d, weight.to(scales.dtype)).mul_(scales)  # (B*T, out)
         if bias is not None:
             y = y.add_(bias)
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)

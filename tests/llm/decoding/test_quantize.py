@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm.config import GPTConfig
+from llm.decoding import quantize
 from llm.decoding.quantize import MODES, Int8Linear, MatVecLinear, quantize_model
 from llm.decoding.sampling import SamplingParams
 from llm.decoding.steps import make_cache
@@ -149,3 +150,29 @@ def test_an_int8_model_cannot_be_converted_again() -> None:
     model = quantize_model(make_model(CONFIG), "int8")
     with pytest.raises(ValueError, match="already int8"):
         quantize_model(model, "fp32")
+
+
+def test_many_rows_in_bf16_meet_a_bounded_number_of_gemm_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN keeps what it builds per GEMM shape: every prompt length would be a new one (and memory kept)."""
+    linear = nn.Linear(64, 48)
+    int8, matvec = Int8Linear.from_linear(linear), MatVecLinear.from_linear(linear).to(torch.bfloat16)
+    shapes: set[tuple[int, ...]] = set()
+    real = F.linear
+
+    def recording(x: torch.Tensor, *args: object) -> torch.Tensor:
+        shapes.add(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(quantize.F, "linear", recording)
+    for rows in range(16, 300):
+        x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
+        for layer in (int8, matvec):
+            expected = real(x.reshape(-1, 64), *_weights(layer)).view(1, rows, 48)
+            torch.testing.assert_close(layer(x), expected, rtol=2e-2, atol=2e-2)  # the same rows, in bf16
+    assert {shape[0] % 64 for shape in shapes} == {0} and len(shapes) == 5  # 64, 128, ..., 320 rows
+
+
+def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(layer, Int8Linear):
+        return layer.dequantized().to(torch.bfloat16), layer.bias
+    return layer.weight, layer.bias
