@@ -32,7 +32,8 @@ from bot.inference.generator import (
     ReloadFailed,
     TenantBusy,
 )
-from bot.inference.worker import InferenceWorker, Request, Served
+from bot.inference.requests import Request, Served
+from bot.inference.worker import InferenceWorker
 from llm.checkpoints.common import CheckpointError, LoadedCheckpoint
 from llm.checkpoints.load import load_checkpoint
 from llm.decoding.cpu_layout import prepare_for_batches

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bot.inference.fairness import FairQueue
 from bot.inference.generator import (
@@ -29,42 +29,12 @@ from bot.inference.generator import (
     TenantBusy,
 )
 from bot.inference.memory import release_freed_memory
-from llm.decoding.engine import Engine, Event
-from llm.decoding.sampling import SamplingParams
+from bot.inference.requests import Request, Served
+from llm.decoding.engine import Event
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0  # `recent_tokens_per_second` counts the tokens of this many past seconds
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation, from acceptance to its outcome."""
-
-    handle: GenerationHandle
-    prompt_ids: list[int]
-    params: SamplingParams
-    timeout_s: float | None
-    tenant: str = ""  # whose request (platform:guild): the unit of fair sharing
-    accepted_at: float = 0.0  # time.monotonic()
-    served: Served | None = None  # the engine it runs on, once admitted
-    seq_id: int = 0
-    token_ids: list[int] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
-    first_token_at: float | None = None
-    finished: bool = False  # its outcome is on the way to the handle
-
-    def expired(self, now: float) -> bool:
-        return self.timeout_s is not None and now - self.accepted_at > self.timeout_s
-
-
-@dataclass(eq=False)
-class Served:
-    """One model's engine and the requests running on it; an old one drains after a reload."""
-
-    engine: Engine
-    info: ModelInfo
-    requests: dict[int, Request] = field(default_factory=dict)  # by engine sequence id
 
 
 @dataclass(eq=False)
