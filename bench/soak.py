@@ -57,6 +57,7 @@ from bench.soak_report import (
     database_mb,
     format_report,
     live_objects,
+    read_json,
     rss_mb,
     sample_line,
     table_rows,
@@ -325,11 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retention-s", type=float, default=None, help="messages kept (default: half the warm-up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the samples and the summary here")
+    parser.add_argument("--report", type=Path, default=None, help="run nothing: judge a run written with --json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.report is not None:
+        recorded = read_json(args.report)
+        print(format_report(recorded))
+        return 0 if recorded.passed else 1
     if not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    options = {k: v for k, v in vars(args).items() if k != "json"}
+    options = {k: v for k, v in vars(args).items() if k not in ("json", "report")}
     result = run_soak(echo=True, **options)
     print()
     print(format_report(result))

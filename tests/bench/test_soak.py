@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import KINDS, run_soak
-from bench.soak_report import SoakReport, format_report, write_json
+from bench.soak_report import SoakReport, format_report, read_json, write_json
 from llm.checkpoints.save import save_checkpoint
 from llm.config import GPTConfig
 from tests.llm.conftest import make_model
@@ -76,9 +76,11 @@ def test_the_report_has_every_figure_and_a_verdict(soaked: SoakReport, tmp_path:
 def failed(
     soaked: SoakReport, *, rss_end: float = 500.0, fds_drained: int = 30, tasks_left: int = 0, errors: int = 0
 ) -> list[str]:
-    """The checks that fail once the soak's samples are made steady (500 MB, 30 files), then changed as given."""
-    samples = [replace(s, rss_mb=500.0, fds=30) for s in soaked.samples]
-    samples[-1] = replace(samples[-1], rss_mb=rss_end)
+    """The checks that fail once the soak's samples are made steady (500 MB, 30 files), then changed as given (RSS:
+    over the whole end window)."""
+    steady = replace(soaked, samples=[replace(s, rss_mb=500.0, fds=30) for s in soaked.samples])
+    end_from = steady.end.t_s - steady.rss_window_s
+    samples = [replace(s, rss_mb=rss_end) if s.t_s >= end_from else s for s in steady.samples]
     drained = replace(soaked.drained, fds=fds_drained, tasks=soaked.before.tasks + tasks_left)
     changed = replace(soaked, samples=samples, drained=drained, errors=errors)
     return [check for check, ok in changed.checks.items() if not ok]
@@ -99,3 +101,17 @@ def test_the_slope_is_fitted_over_the_samples_after_the_warm_up(soaked: SoakRepo
     # RSS rising 1 MB per second after the warm-up is 3,600 MB an hour, whatever it did before.
     samples = [replace(s, rss_mb=900.0 if s.t_s < soaked.warmup_s else 500.0 + s.t_s) for s in soaked.samples]
     assert replace(soaked, samples=samples).rss_slope_mb_per_hour == pytest.approx(3600.0)
+
+
+def test_rss_is_compared_as_medians_so_one_reload_spike_decides_nothing(soaked: SoakReport) -> None:
+    # Ten minutes sampled every 10 s, warm-up 100 s, RSS steady at 500 MB...
+    samples = [replace(soaked.samples[0], t_s=float(t), rss_mb=500.0) for t in range(0, 600, 10)]
+    samples[-1] = replace(samples[-1], rss_mb=700.0)  # ... but the last sample lands while two models are loaded
+    steady_with_a_spike = replace(soaked, samples=samples, warmup_s=100.0)
+    assert steady_with_a_spike.rss_window_s == 120.0 and steady_with_a_spike.rss_growth_pct == 0.0
+
+
+def test_a_run_written_to_json_is_judged_again_the_same(soaked: SoakReport, tmp_path: Path) -> None:
+    write_json(soaked, tmp_path / "soak.json")
+    again = read_json(tmp_path / "soak.json")
+    assert again.summary() == soaked.summary() and format_report(again) == format_report(soaked)
