@@ -179,8 +179,13 @@ class Soak:
 
     async def _reloads(self) -> None:
         turn = 0
-        while time.monotonic() + self.config.reload_every_s < self._deadline:
-            await asyncio.sleep(self.config.reload_every_s)
+        while True:
+            # The first comes by half the run at the latest: a short run covers reloads too.
+            left = self._deadline - time.monotonic()
+            wait = self.config.reload_every_s if turn else min(self.config.reload_every_s, left / 2)
+            if wait >= left:
+                return
+            await asyncio.sleep(wait)
             turn += 1
             name = self._names[turn % len(self._names)]
             answer = await self.traffic.reload(name)

@@ -132,6 +132,16 @@ class Settings(BaseSettings):
         # slack_sdk joins method names onto it as a relative URL: without the slash ".../api" would lose "api".
         return _base_url(url, f"Slack's own, {SLACK_API_URL}").rstrip("/") + "/"
 
+    @field_validator("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret")
+    @classmethod
+    def _a_credential(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token pasted with a space or a line break cannot work, and every log line would be redacted to pieces
+        # wherever that character occurs.
+        secret = value.get_secret_value() if value is not None else ""
+        if not secret.isprintable() or " " in secret:
+            raise ValueError("contains spaces or control characters, which no token has; paste it again")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _a_folder(cls, path: Path) -> Path:
@@ -143,6 +153,17 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _a_real_share(self) -> Settings:
+        accepted = self.max_batch + self.queue_size
+        if self.tenant_max_active is not None and self.tenant_max_active > accepted:
+            raise ValueError(
+                f"SCRATCHBOT_TENANT_MAX_ACTIVE={self.tenant_max_active} is more than the bot accepts at once "
+                f"(SCRATCHBOT_MAX_BATCH + SCRATCHBOT_QUEUE_SIZE = {accepted}), which would switch fair sharing off; "
+                f"set at most {accepted}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _slack_complete(self) -> Settings:
@@ -207,10 +228,16 @@ def load_settings() -> Settings:
 
 
 def _base_url(url: str, example: str) -> str:
-    """``url`` if a platform's API can live there: http(s), a host, no query, no fragment, no spaces."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment or " " in url:
-        raise ValueError(f"{url!r} is not an API base URL like {example}")
+    """``url`` if a platform's API can live there: http(s), a host, a valid port if any, no credentials, query,
+    fragment or whitespace (the clients send their own Authorization; a password in the URL would be logged)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is no number, or out of range; an unclosed IPv6 bracket
+        port_ok = False
+    plain = not (parts.query or parts.fragment or "?" in url or "#" in url or any(c.isspace() for c in url))
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or not plain or "@" in parts.netloc:
+        raise ValueError(f"{url!r} is not an API base URL like {example} (http or https, a host, no credentials)")
     return url
 
 

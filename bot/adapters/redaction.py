@@ -26,6 +26,7 @@ from urllib.parse import quote, quote_plus
 log = logging.getLogger(__name__)
 
 REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 3
 
 
 def written(char: str) -> str:
@@ -94,7 +95,9 @@ class SecretRedactingFilter(logging.Filter):
 
     def add(self, *secrets: str | None) -> None:
         """Also scrub these values (None and "" are skipped); longest form first, so none is half-replaced."""
-        self._plain |= {s for s in secrets if s}
+        # A secret of a character or two would redact every occurrence of those letters in every log line; no real
+        # credential is that short (a stub like "e" fails at the platform, and that failure must stay readable).
+        self._plain |= {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
         forms = {form for secret in self._plain for form in written_forms(secret)}
         self._secrets = sorted(forms, key=len, reverse=True)  # one assignment: a logging thread sees old or new
 

@@ -194,3 +194,45 @@ def test_a_slack_api_url_that_is_no_web_address_is_refused(
     monkeypatch.setenv("SCRATCHBOT_SLACK_API_URL", url)
     with pytest.raises(SettingsError, match=r"SCRATCHBOT_SLACK_API_URL: .* like Slack's own, https://slack.com/api/"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:abc/api/v10",  # a port that is no number
+        "http://127.0.0.1:99999/api/v10",  # out of range
+        "http://:80/api/v10",  # no host
+        "http://user:password@proxy.internal/api/v10",  # credentials: the client's own would clash, and be logged
+        "https://discord.com/api/v10?",
+        "https://discord.com/api/v10#",
+        "https://discord.com/\tapi/v10",
+    ],
+)
+def test_a_platform_address_that_cannot_work_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("SCRATCHBOT_DISCORD_API_URL", "SCRATCHBOT_SLACK_API_URL"):
+        monkeypatch.setenv(name, url)
+        with pytest.raises(SettingsError, match=rf"{name}: .* is not an API base URL like .*no credentials"):
+            load_settings()
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("token", [" ", "abc def", "token\n"])
+def test_a_token_with_spaces_or_control_characters_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_DISCORD_TOKEN", token)
+    with pytest.raises(SettingsError, match="SCRATCHBOT_DISCORD_TOKEN: contains spaces or control characters"):
+        load_settings()
+
+
+def test_a_tenant_share_above_what_the_bot_accepts_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCHBOT_TENANT_MAX_ACTIVE", "73")
+    with pytest.raises(SettingsError, match=r"more than the bot accepts at once .* = 72\), .*set at most 72"):
+        load_settings()
+    monkeypatch.setenv("SCRATCHBOT_TENANT_MAX_ACTIVE", "72")
+    assert load_settings().tenant_share == 72

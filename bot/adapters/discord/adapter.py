@@ -32,6 +32,7 @@ from storage.records import dm_tenant
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
+START_TIMEOUT_S = 30.0  # how long logging in may take at start-up before Discord counts as unreachable
 RESTARTING = "I'm restarting right now; please try again in a minute."
 CUT_SHORT_S = 5.0  # at shutdown, how long an answer cut short has to show its final text
 GATEWAY_AUTHENTICATION_FAILED = 4004  # the close code for a token the gateway does not accept (any more)
@@ -82,13 +83,19 @@ class DiscordAdapter:
         with webhooks_at(self._config):  # the tasks discord.py starts from here on answer interactions there
             async with self._client:
                 try:
-                    await self._client.login(self._config.token)
+                    # discord.py waits minutes on a server that accepts and never answers; a start does not.
+                    await asyncio.wait_for(self._client.login(self._config.token), START_TIMEOUT_S)
                 except discord.LoginFailure:
                     raise PlatformStartError(WRONG_TOKEN) from None
                 except UNREACHABLE as e:  # connection refused, no such host, timed out
                     raise PlatformStartError(
-                        f"cannot reach Discord at {self._config.api_url} ({e}): check the network, and "
-                        "SCRATCHBOT_DISCORD_API_URL if you set it"
+                        f"cannot reach Discord at {self._config.api_url} ({str(e) or type(e).__name__}): check the "
+                        "network, and SCRATCHBOT_DISCORD_API_URL if you set it"
+                    ) from None
+                except Exception as e:  # something answered, but not as Discord's API does (a 404, HTML, ...)
+                    raise PlatformStartError(
+                        f"{self._config.api_url} does not answer as Discord's API does ({_briefly(e)}): check "
+                        "SCRATCHBOT_DISCORD_API_URL"
                     ) from None
                 try:
                     await self._client.connect()
@@ -98,6 +105,13 @@ class DiscordAdapter:
                     if e.code != GATEWAY_AUTHENTICATION_FAILED:
                         raise
                     raise self._refused(WRONG_TOKEN) from None
+                except Exception as e:
+                    if self._served:
+                        raise
+                    raise PlatformStartError(  # REST answered, the gateway it named did not
+                        f"cannot connect to Discord's gateway ({_briefly(e)}): check the network (a proxy must let "
+                        "WebSocket connections to the gateway through), and SCRATCHBOT_DISCORD_API_URL if you set it"
+                    ) from None
 
     def _refused(self, what_to_do: str) -> PlatformStartError | CredentialsRevoked:
         """Discord refused us for good: before we served anyone the service cannot start; after, Discord stops."""
@@ -338,3 +352,9 @@ def _reader(channel: object, *, before: discord.Message | discord.Object | None 
         return tuple(lines) or None
 
     return read
+
+
+def _briefly(error: BaseException) -> str:
+    """An error as a few words for a one-line message: its type, and its first line if it has one."""
+    text = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

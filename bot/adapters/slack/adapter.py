@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
 SDK_LOG = logging.getLogger(f"{__name__}.sdk")
 SDK_LOG.addFilter(SECRETS)
+START_TIMEOUT_S = 30.0  # how long opening the Socket Mode connection may take at start-up
 # Slack's Retry-After is whole seconds; when a 429 comes without one, wait this long.
 DEFAULT_RETRY_AFTER_S = 1.0
 # Web API errors that mean the token itself is dead, not that one call was refused: nothing works until someone acts.
@@ -151,8 +152,17 @@ class SlackAdapter:
         # Opening the first URL ourselves makes a bad app token raise here; the SDK's connect() would retry forever.
         with self._start_failures("apps.connections.open", APP_TOKEN):
             opened = await self.client.apps_connections_open(app_token=self._config.app_token)
-        self._socket.client.wss_uri = opened["url"]
-        await self._socket.connect_async()
+            url = opened.get("url")
+            if not isinstance(url, str) or not url.startswith(("wss://", "ws://")):
+                raise ValueError(f"apps.connections.open gave no WebSocket URL ({url!r})")
+        self._socket.client.wss_uri = url
+        try:  # the SDK's connect() retries forever: a proxy blocking the WebSocket would leave a silent bot
+            await asyncio.wait_for(self._socket.connect_async(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise PlatformStartError(
+                f"cannot open Slack's Socket Mode connection within {START_TIMEOUT_S:.0f} s: check that this machine "
+                "(or its proxy) lets WebSocket connections to wss-primary.slack.com through, or use HTTP mode"
+            ) from None
         log.info("Slack connected in Socket Mode")
 
     async def _start_http(self) -> None:
@@ -192,6 +202,11 @@ class SlackAdapter:
             raise PlatformStartError(
                 f"cannot reach Slack's Web API at {self._config.api_url} ({str(e) or type(e).__name__}): check this "
                 "machine's network connection, or SCRATCHBOT_SLACK_API_URL if Slack is reached through a proxy"
+            ) from None
+        except Exception as e:  # an answer that is no Slack answer at all: plain text, JSON of another shape
+            raise PlatformStartError(
+                f"{self._config.api_url} answered {method} with something Slack never sends ({type(e).__name__}): "
+                "set SCRATCHBOT_SLACK_API_URL to Slack's Web API (unset: Slack's own)"
             ) from None
 
     def _credentials_refused(self, setting: str, method: str, error: str) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.platform import CredentialsRevoked, PlatformStartError
@@ -170,3 +171,30 @@ async def test_a_token_reset_while_serving_stops_discord_saying_which_setting_to
             assert time.monotonic() - started < FAST_S  # at once, not after reconnect attempts
     assert "\n" not in str(revoked.value)
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(404, "<html>Not Found</html>"), (200, "plain text"), (200, '{"ok": true}'), (500, "oops")],
+    ids=["404 page", "text", "other JSON", "500"],
+)
+async def test_an_address_that_is_not_discord_stops_run_with_one_sentence(
+    manager, fake: FakeDiscord, caplog: pytest.LogCaptureFixture, status: int, body: str
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type="text/html" if "<" in body else "application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{anything:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        adapter = DiscordAdapter(manager, config_for(fake, api_url=f"http://127.0.0.1:{port}/api/v10"))
+        with pytest.raises(PlatformStartError, match=r"does not answer as Discord's API does .*DISCORD_API_URL"):
+            await asyncio.wait_for(adapter.run(), 60)  # discord.py retries a 500 a few times first
+        assert [r for r in caplog.records if r.exc_info] == []
+    finally:
+        await runner.cleanup()

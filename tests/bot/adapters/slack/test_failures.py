@@ -9,9 +9,12 @@ import logging
 import socket
 
 import pytest
+from aiohttp import web
 
 from bot.adapters.platform import CredentialsRevoked, PlatformStartError
+from bot.adapters.slack import adapter as slack_adapter
 from bot.adapters.slack.adapter import SlackAdapter
+from bot.adapters.slack.config import SlackConfig
 from bot.app import serve_platforms
 from tests.fake_slack import fixtures
 from tests.fake_slack.fixtures import ANSWER, APP_TOKEN, BOT_TOKEN, http_config, socket_config
@@ -143,3 +146,42 @@ async def test_an_http_port_already_taken_is_one_sentence(fake_slack, manager) -
         ) as raised:
             await asyncio.wait_for(adapter.run(), 15)
     assert "set SCRATCHBOT_SLACK_HTTP_PORT" in str(raised.value)
+
+
+async def test_a_socket_mode_connection_that_cannot_open_is_one_sentence(
+    fake_slack, manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy that lets the Web API through but not the WebSocket: slack_sdk would retry forever, silently.
+    closed = free_port()
+    monkeypatch.setattr(
+        type(fake_slack), "_apps_connections_open", lambda self, args, request: {"url": f"ws://127.0.0.1:{closed}/ws"}
+    )
+    monkeypatch.setattr(slack_adapter, "START_TIMEOUT_S", 1.0)
+    adapter = SlackAdapter(manager, socket_config(fake_slack))
+    with pytest.raises(
+        PlatformStartError, match=r"^cannot open Slack's Socket Mode connection within 1 s: .*WebSocket"
+    ):
+        await asyncio.wait_for(adapter.run(), 15)
+
+
+@pytest.mark.parametrize("body", ["plain text", '{"ok": true}', "[]"])
+async def test_an_address_that_is_not_slack_is_one_sentence(manager, body: str) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{anything:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/"
+    try:
+        adapter = SlackAdapter(manager, socket_config_for(url))
+        with pytest.raises(PlatformStartError, match=r"SCRATCHBOT_SLACK_API_URL"):
+            await asyncio.wait_for(adapter.run(), 15)
+    finally:
+        await runner.cleanup()
+
+
+def socket_config_for(api_url: str) -> SlackConfig:
+    return SlackConfig(bot_token=BOT_TOKEN, app_token=APP_TOKEN, api_url=api_url, close_grace_s=1.0)
