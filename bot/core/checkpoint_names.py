@@ -63,12 +63,11 @@ def list_checkpoints(directory: Path) -> list[Path]:
         p
         for p in directory.iterdir()
         if not p.name.startswith(".")
-        and p.resolve().parent == root  # a link pointing out of the directory is not a checkpoint of ours
         and (
             (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
             or (p.is_dir() and any((p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")))
         )
-        and _link_out(p, root) is None
+        and _link_out(p, root) is None  # a link out of the directory is not a checkpoint of ours (logged once)
     ]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 

@@ -155,3 +155,15 @@ async def test_the_watch_never_reloads_a_checkpoint_that_links_out(
             assert not await watcher.check()
     assert reloaded == []
     assert caplog.text.count("is a link out of") == 1  # said once, not at every look
+
+
+def test_a_checkpoint_linked_in_from_outside_is_skipped_with_a_line_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside, directory = tmp_path / "outside", tmp_path / "checkpoints"
+    outside.mkdir()
+    directory.mkdir()
+    (outside / "secret.safetensors").write_bytes(b"not ours")
+    (directory / "linked.safetensors").symlink_to(outside / "secret.safetensors")
+    assert list_checkpoints(directory) == []
+    assert "linked.safetensors is skipped" in caplog.text and "is a link out of" in caplog.text
