@@ -223,6 +223,8 @@ def format_report(r: SoakReport) -> str:
     lines += [f"rows, warm-up end -> end: {rows}", f"  ({DATABASE_NOTE})"]
     lines += [f"  error: {example}" for example in r.error_examples]
     lines += ["", *(f"{'PASS' if ok else 'FAIL'}  {check}" for check, ok in r.checks.items())]
+    if missing := [kind for kind, count in r.done.items() if not count]:
+        lines.append(f"      never ran: {', '.join(missing)}")
     lines.append("PASS" if r.passed else "FAIL")
     return "\n".join(lines)
 

@@ -95,6 +95,7 @@ def test_the_verdict_fails_on_rss_growth_a_leaked_file_or_task_and_errors(soaked
     assert failed(soaked, tasks_left=1) == ["no asyncio task left after the drain"]
     assert failed(soaked, errors=1) == ["no error logged"]
     assert failed(replace(soaked, done={**soaked.done, "reload": 0})) == ["every kind of traffic ran"]
+    assert "never ran: reload" in format_report(replace(soaked, done={**soaked.done, "reload": 0}))
 
 
 def test_the_slope_is_fitted_over_the_samples_after_the_warm_up(soaked: SoakReport) -> None:
