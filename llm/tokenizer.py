@@ -47,6 +47,11 @@ def _load_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def mergeable_ranks() -> dict[bytes, int]:
+    """GPT-2's byte-pair ranks as shipped (token bytes -> id), for exporting the tokenizer in other formats."""
+    return _load_ranks(ASSET)
+
+
 @lru_cache(maxsize=1)
 def _encoding() -> tiktoken.Encoding:
     return tiktoken.Encoding(

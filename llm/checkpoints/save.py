@@ -30,6 +30,7 @@ from llm.checkpoints.common import (
     file_sha256,
 )
 from llm.checkpoints.hf import book_to_hf, hf_config_json
+from llm.checkpoints.hf_tokenizer import TOKENIZER_FILES, write_tokenizer_files
 from llm.checkpoints.load import read_checkpoint
 from llm.config import ConfigError, GPTConfig, infer_config
 
@@ -63,6 +64,12 @@ def save_checkpoint(
         hf_config = hf_config_json(config, tied=tied, dtype=state_dict["tok_emb.weight"].dtype)
         _write_atomically(path / "model.safetensors", lambda tmp: save_file(_for_file(tensors), tmp, header))
         _write_atomically(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
+        # The tokenizer beside the weights: engines that read a Hugging Face directory (vLLM, transformers) need it.
+        write_tokenizer_files(
+            path,
+            config.context_length,
+            lambda file, text: _write_atomically(file, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        )
     else:
         if path.is_dir():
             raise CheckpointError(f"{path} is a directory; the {format} format is one file: give a file path")
@@ -82,7 +89,7 @@ def written_paths(path: str | os.PathLike[str], format: str) -> list[Path]:
     """The files `save_checkpoint` writes for ``path`` in ``format`` (to refuse overwriting them)."""
     path = Path(path)
     if format == "hf":
-        return [path / "model.safetensors", path / "config.json"]
+        return [path / "model.safetensors", path / "config.json", *(path / name for name in TOKENIZER_FILES)]
     return [path, book_config_path(path)] if format == "book" else [path]
 
 
