@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -24,13 +26,24 @@ SLACK_ADAPTER = ROOT / "bot" / "adapters" / "slack" / "adapter.py"
 # Bolt's `message` listener hears the message events of every conversation type; an app manifest subscribes to them
 # one type at a time: public channels, private channels, direct messages.
 MANIFEST_EVENTS = {"message": {"message.channels", "message.groups", "message.im"}}
-# Things outside this repository that the docs once pointed at.
-FOREIGN = ("../shared", "DESIGN.md", "STYLE.md")
+# A path written in the docs, relative (`../llm/assets/NOTICE.md`) or a markdown file's name (`operations.md`).
+CLIMBING = re.compile(r"(?:\.\./)+[\w./-]*")
+MARKDOWN_NAME = re.compile(r"[\w./-]+\.md\b")
 # Commands whose options the README leaves to `--help`.
 OPTIONS_IN_HELP_ONLY = {"finetune"}
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+@functools.cache
+def our_markdown() -> frozenset[str]:
+    """Names of the repository's markdown files (hidden folders, the virtualenv among them, skipped)."""
+    names = set()
+    for _folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "node_modules"]
+        names |= {f for f in files if f.endswith(".md")}
+    return frozenset(names)
 
 
 def markdown_files() -> list[Path]:
@@ -97,8 +110,12 @@ def test_the_readme_is_short_and_starts_with_the_two_commands() -> None:
 
 @pytest.mark.parametrize("path", [*markdown_files(), MANIFEST], ids=lambda p: p.name)
 def test_nothing_points_outside_the_repository(path: Path) -> None:
+    """The repository stands alone: a path that climbs up stays inside it, and every markdown file named (linked or
+    not) is one of the repository's own, so nothing leads a reader to a file only the authors have."""
     text = path.read_text(encoding="utf-8")
-    assert [name for name in FOREIGN if name in text] == []
+    outside = [p for p in CLIMBING.findall(text) if not (path.parent / p).resolve().is_relative_to(ROOT)]
+    foreign = [name for name in MARKDOWN_NAME.findall(text) if Path(name).name not in our_markdown()]
+    assert outside + foreign == []
 
 
 def github_anchor(heading: str) -> str:
