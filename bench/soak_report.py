@@ -233,8 +233,7 @@ def read_json(path: Path) -> SoakReport:
     """A run written by `write_json`, to derive its figures and verdict again (the summary is recomputed)."""
     document = json.loads(path.read_text(encoding="utf-8"))
     document.pop("summary", None)
-    for name in ("samples",):
-        document[name] = [Sample(**sample) for sample in document[name]]
+    document["samples"] = [Sample(**sample) for sample in document["samples"]]
     for name in ("before", "drained"):
         document[name] = Sample(**document[name])
     return SoakReport(**document)

@@ -148,7 +148,7 @@ def _redacted_record(*args: object, **kwargs: object) -> logging.LogRecord:
     assert _make_record is not None  # installed together with this factory
     record = _make_record(*args, **kwargs)
     try:
-        for redactor in {id(r): r for r in list(_redactors.values())}.values():  # one shared by two SDKs runs once
+        for redactor in list(_redactors.values()):
             redactor.filter(record)
     except Exception:  # a record we cannot scrub is not shown, and logging must never break its caller
         record.msg, record.args, record.exc_info, record.exc_text = (

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from bot.adapters.pacing import DEFAULT_MAX_WAIT_S, ChannelLimits
@@ -115,7 +116,8 @@ class StreamedMessages(Generic[H]):
     async def _post_placeholder(self, placeholder: str) -> None:
         # A busy channel answers the first post with a 429 as readily as an edit; nothing was posted, so retry.
         try:
-            handle = await self._accepted(lambda: self._paced(self._sink.post(placeholder)), "placeholder")
+            post = partial(paced, self._limits, partial(self._sink.post, placeholder))
+            handle = await self._accepted(post, "placeholder")
         except TooLongToWait as e:
             self._blocked(e, "the placeholder")  # the answer is posted whole at the end, when the channel allows
             return
@@ -125,8 +127,9 @@ class StreamedMessages(Generic[H]):
     async def _interim(self, text: str) -> None:
         try:
             await self._sync(text, CURSOR, interim=True)
-        except _NoBudget:
-            return  # other answers in this channel used its budget; a later delta tries again
+        except _NoBudget:  # other answers in this channel used its budget: try again an interval later, not per delta
+            self._next_sync = self._clock() + self._interval
+            return
         except RateLimited as e:
             if e.retry_after > self._limits.max_wait_s:
                 self._blocked(e, "an interim edit")
@@ -169,18 +172,6 @@ class StreamedMessages(Generic[H]):
             call, what, attempts=FINAL_ATTEMPTS, wait=wait, sleep=self._sleep, max_wait_s=self._limits.max_wait_s
         )
 
-    async def _paced(self, call: Awaitable[T], *, interim: bool = False) -> T:
-        """``call`` once the channel's budget allows; an interim call that would have to wait is skipped."""
-        pacer = self._limits.pacer
-        if pacer is not None:
-            if interim and not pacer.try_take(self._limits.channel):
-                if asyncio.iscoroutine(call):
-                    call.close()  # never awaited: nothing was sent
-                raise _NoBudget
-            if not interim:
-                await pacer.take(self._limits.channel)
-        return await call
-
     async def _sync(self, text: str, cursor: str, *, interim: bool = False) -> None:
         """Post or edit so the messages show ``text`` (plus ``cursor`` on the last). Each message already showing
         the right text is left alone, so a retry after a 429 repeats only what did not land."""
@@ -189,10 +180,22 @@ class StreamedMessages(Generic[H]):
             shown = chunk + cursor if i == len(chunks) - 1 else chunk
             if i < len(self._posted):
                 if self._posted[i].text != shown:
-                    await self._paced(self._sink.edit(self._posted[i].handle, shown), interim=interim)
+                    await paced(self._limits, partial(self._sink.edit, self._posted[i].handle, shown), interim=interim)
                     self._posted[i].text = shown
             else:
-                self._posted.append(_Posted(await self._paced(self._sink.post(shown), interim=interim), shown))
+                posted = await paced(self._limits, partial(self._sink.post, shown), interim=interim)
+                self._posted.append(_Posted(posted, shown))
+
+
+async def paced(limits: ChannelLimits, call: Callable[[], Awaitable[T]], *, interim: bool = False) -> T:
+    """``call()`` once the channel's write budget allows it; an interim call that would have to wait is skipped
+    (`_NoBudget`: nothing was sent, the next delta tries again)."""
+    if limits.pacer is not None:
+        if interim and not limits.pacer.try_take(limits.channel):
+            raise _NoBudget
+        if not interim:
+            await limits.pacer.take(limits.channel)
+    return await call()
 
 
 async def until_accepted(
@@ -254,14 +257,9 @@ async def send_whole(
     `LateEdits` (without them, `TooLongToWait` reaches the caller)."""
     chunks = split_message(text, limit)
     for i, chunk in enumerate(chunks):
-
-        async def paced(chunk: str = chunk) -> object:
-            if limits.pacer is not None:
-                await limits.pacer.take(limits.channel)
-            return await post(chunk)
-
         try:
-            await until_accepted(paced, "post", attempts=attempts, max_wait_s=limits.max_wait_s)
+            call = partial(paced, limits, partial(post, chunk))
+            await until_accepted(call, "post", attempts=attempts, max_wait_s=limits.max_wait_s)
         except TooLongToWait as e:
             if limits.late is None:
                 raise

@@ -34,6 +34,9 @@ class FairQueue(Generic[R]):
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def __bool__(self) -> bool:  # checked every decode step: a tenant's queue goes as soon as it is empty
+        return bool(self._queues)
+
     def __iter__(self) -> Iterator[R]:
         for queue in self._queues.values():
             yield from queue

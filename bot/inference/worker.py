@@ -204,7 +204,7 @@ class InferenceWorker:
                 unadmitted = [r for r in waiting if r.served is None and not r.finished]
                 self._fail_all(unadmitted, GenerationFailed(f"the bot's inference worker failed ({type(e).__name__})"))
             self._flush(deliveries)
-            if stopping and not self._has_work() and not self._intake and not len(self._waiting):
+            if stopping and not self._has_work() and not self._intake:
                 break
         with self._wake:
             swap, self._swap = self._swap, None
@@ -213,11 +213,13 @@ class InferenceWorker:
         log.info("inference worker stopped")
 
     def _has_work(self) -> bool:
-        return any(s.engine.has_work for s in self._served) or len(self._waiting) > 0
+        return bool(self._waiting) or any(s.engine.has_work for s in self._served)
 
     def _admit_fairly(self, deliveries: list[Delivery]) -> None:
         """Fill the current engine's free rows from the fair queue; the rest keep waiting here."""
         engine = self._served[-1].engine
+        if not self._waiting or engine.active + engine.waiting >= engine.max_batch:
+            return  # the usual decode step: nothing to choose
         running = Counter(r.tenant for s in self._served for r in s.requests.values())
         while engine.active + engine.waiting < engine.max_batch:
             request = self._waiting.pop(running)

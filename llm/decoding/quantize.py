@@ -41,17 +41,18 @@ _PACK_BLOCK = 16
 _PACK_MAX_ROWS = 16
 # oneDNN keeps what it builds for every bf16 GEMM shape it meets, and each new prompt length is a new shape: serving
 # every length from 20 to 480 tokens once grew the process by ~700 MB, and again by ~100 MB on a second pass (the
-# soak benchmark, bench/soak.py). Rows rounded up to a multiple of this (zero rows, sliced off again; rows of a
-# matrix product do not mix) leave context/64 shapes per matrix, for at most 63 rows of extra work per prompt.
+# soak benchmark, bench/soak.py). Above this many rows (a prompt's prefill) they are rounded up to a multiple of it
+# (zero rows, sliced off again; rows of a matrix product do not mix): at most 64 + context/64 shapes per matrix,
+# for at most 63 rows of extra work per prompt. Fewer rows (a decode step's batch) are left as they are.
 _ROW_BUCKET = 64
 
 
 def bucketed_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` of (rows, in) on a CPU with the rows padded to a multiple of `_ROW_BUCKET`: the same values for
-    the real rows, and a bounded number of GEMM shapes however many prompt lengths the service meets."""
+    """``F.linear`` of (rows, in) on a CPU, more than `_ROW_BUCKET` rows padded to a multiple of it: the same values
+    for the real rows, and a bounded number of GEMM shapes however many prompt lengths the service meets."""
     rows = x2d.shape[0]
     padded = -(-rows // _ROW_BUCKET) * _ROW_BUCKET
-    if padded == rows or not x2d.is_cpu:
+    if rows <= _ROW_BUCKET or padded == rows or not x2d.is_cpu:
         return F.linear(x2d, weight, bias)
     return F.linear(F.pad(x2d, (0, 0, 0, padded - rows)), weight, bias)[:rows]
 

@@ -89,7 +89,7 @@ class DiscordAdapter:
                     raise PlatformStartError(WRONG_TOKEN) from None
                 except UNREACHABLE as e:  # connection refused, no such host, timed out
                     raise PlatformStartError(
-                        f"cannot reach Discord at {self._config.api_url} ({str(e) or type(e).__name__}): check the "
+                        f"cannot reach Discord at {self._config.api_url} ({_briefly(e)}): check the "
                         "network, and SCRATCHBOT_DISCORD_API_URL if you set it"
                     ) from None
                 except Exception as e:  # something answered, but not as Discord's API does (a 404, HTML, ...)

@@ -46,9 +46,8 @@ from bot.core.messages import Core
 from bot.draining import drain
 
 log = logging.getLogger(__name__)
-# Bolt and slack_sdk log through this logger (and loggers they copy its filters to), so secrets are scrubbed.
+# Bolt and slack_sdk log through this logger; its records are scrubbed like every other (`install_redaction`).
 SDK_LOG = logging.getLogger(f"{__name__}.sdk")
-SDK_LOG.addFilter(SECRETS)
 START_TIMEOUT_S = 30.0  # how long opening the Socket Mode connection may take at start-up
 # Slack's Retry-After is whole seconds; when a 429 comes without one, wait this long.
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -71,8 +70,7 @@ class SlackAdapter:
         self._core = core
         self._config = config
         SECRETS.add(config.bot_token, config.app_token, config.signing_secret)
-        for sdk in ("slack_sdk", "slack_bolt"):  # their own module loggers too: the webhook client behind
-            install_redaction(sdk, SECRETS)  # `respond` logs each response_url at DEBUG
+        install_redaction("slack", SECRETS)  # every record, the webhook client's behind `respond` included
         self._refused: CredentialsRevoked | None = None  # set when Slack called a token dead while serving
         # No rate-limit retry handler: a 429 reaches StreamedMessages, which waits Retry-After itself. The watch
         # comes first so that it sees every answer.
